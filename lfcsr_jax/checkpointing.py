@@ -100,3 +100,82 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+# --------------------------------------------------------------------------------------------
+# Training checkpoints: the whole TrainState plus a small JSON record (phase, data position).
+
+
+class TrainCheckpoints:
+    """Last-K checkpoints of the training state, plus the best ones by validation metrics.
+
+    Layout under `directory`: `latest/<step>/` (the last `keep` saves), and for each tracked
+    metric `best_<metric>/<step>/` holding only the best save so far. Each save is an Orbax
+    Composite of `state` (StandardSave) and `record` (JSON: step, phase, data position, metrics).
+    Orbax writes into a temporary folder and renames it when complete, so a preempted save
+    never shadows the last good checkpoint.
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep: int,
+                 best_metrics: dict[str, str] | None = None):
+        self.directory = Path(directory).absolute()
+        self._latest = ocp.CheckpointManager(
+            self.directory / "latest",
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=True),
+        )
+        # metric name -> 'max' or 'min'.
+        self._best: dict[str, ocp.CheckpointManager] = {}
+        for metric, mode in (best_metrics or {}).items():
+            self._best[metric] = ocp.CheckpointManager(
+                self.directory / f"best_{metric}",
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=1, create=True, best_fn=_metric_getter(metric),
+                    best_mode=mode, enable_async_checkpointing=True),
+            )
+
+    def latest_step(self) -> int | None:
+        return self._latest.latest_step()
+
+    def save(self, step: int, state: Any, record: dict[str, Any], force: bool = False) -> None:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  record=ocp.args.JsonSave(_jsonable(record)))
+        self._latest.save(step, args=args, force=force)
+
+    def save_best(self, step: int, state: Any, record: dict[str, Any],
+                  metrics: dict[str, float]) -> None:
+        """Offers the state to every best-by-metric manager that tracks a metric present here."""
+        for metric, manager in self._best.items():
+            if metric in metrics and np.isfinite(metrics[metric]):
+                args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          record=ocp.args.JsonSave(_jsonable(record)))
+                manager.save(step, args=args, metrics={metric: float(metrics[metric])},
+                             force=True)
+
+    def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
+        """(state, record) of the newest complete save, or None when there is none."""
+        step = self._latest.latest_step()
+        if step is None:
+            return None
+        restored = self._latest.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                          record=ocp.args.JsonRestore()))
+        return restored["state"], dict(restored["record"])
+
+    def wait_until_finished(self) -> None:
+        self._latest.wait_until_finished()
+        for manager in self._best.values():
+            manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.wait_until_finished()
+        self._latest.close()
+        for manager in self._best.values():
+            manager.close()
+
+
+def _metric_getter(metric: str):
+    def get(metrics: dict[str, float]) -> float:
+        return metrics[metric]
+
+    return get

@@ -1,0 +1,124 @@
+"""Validation during training: paper-protocol PSNR/SSIM (and LPIPS) of both stages, samples.
+
+Every process computes the same numbers on its local copy of the (replicated) generator params,
+so no collective is needed; only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lfcsr_jax import admm, metrics
+
+
+def best_metric_modes(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """Validation metrics whose best checkpoint is kept: PSNR always, LPIPS when configured."""
+    modes = {"psnr_perceptual": "max"}
+    if config.train.lpips_dir:
+        modes["lpips_perceptual"] = "min"
+    return modes
+
+
+def local_copy(tree: Any) -> Any:
+    """This process's copy of replicated arrays, as single-device arrays usable by plain jit."""
+    return jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree)
+
+
+class Validator:
+    """Runs both stages on the validation images and scores them as the paper does."""
+
+    def __init__(self, config: ml_collections.ConfigDict, networks: Any):
+        from lfcsr_jax import imresize, input_pipeline
+
+        self.scale = config.model.scale
+        self.images = input_pipeline.load_validation_set(config.input, config.model.scale)
+        self.networks = networks
+        self._forward = jax.jit(self._both_stages)
+        self.lpips = _load_lpips(config.train.lpips_dir)
+        self.bicubic = self._score_bicubic(imresize)
+
+    def _both_stages(self, generator_params: dict[str, Any], lr_Bxhxwx3: jax.Array):
+        y_objective = self.networks.objective.apply(
+            {"params": generator_params["objective"]}, lr_Bxhxwx3)
+        y_perceptual = self.networks.perceptual.apply(
+            {"params": generator_params["perceptual"]}, y_objective)
+        return y_objective, y_perceptual
+
+    def _score_bicubic(self, imresize_module) -> dict[str, float]:
+        upscaled = [imresize_module.imresize(image["lr"], self.scale) for image in self.images]
+        return self._score("bicubic", upscaled)
+
+    def _score(self, label: str, outputs: list[np.ndarray]) -> dict[str, float]:
+        psnrs, ssims, lpipss = [], [], []
+        for image, output in zip(self.images, outputs):
+            sr_u8 = metrics.quantize(output)
+            psnrs.append(metrics.psnr_y(sr_u8, image["hr"], crop=self.scale))
+            ssims.append(metrics.ssim_y(sr_u8, image["hr"], crop=self.scale))
+            if self.lpips is not None:
+                lpipss.append(float(self.lpips(sr_u8, image["hr"])))
+        scores = {f"psnr_{label}": float(np.mean(psnrs)), f"ssim_{label}": float(np.mean(ssims))}
+        if lpipss:
+            scores[f"lpips_{label}"] = float(np.mean(lpipss))
+        return scores
+
+    def validate(self, state: Any, step: int, writer: Any) -> dict[str, float]:
+        params = local_copy(admm.generator_params(state))
+        objective_out, perceptual_out = [], []
+        for image in self.images:
+            lr = jnp.asarray(image["lr"], jnp.float32)[None]
+            y_objective, y_perceptual = self._forward(params, lr)
+            objective_out.append(np.asarray(y_objective[0]))
+            perceptual_out.append(np.asarray(y_perceptual[0]))
+        scores = {**self._score("objective", objective_out),
+                  **self._score("perceptual", perceptual_out), **self.bicubic}
+        writer.write_validation(step, scores)
+        logging.info("validation at step %d: %s", step,
+                     ", ".join(f"{k}={v:.4f}" for k, v in sorted(scores.items())))
+        return scores
+
+    def sample_images(self, state: Any, local_batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """LR (nearest-upscaled), Y', Y and HR crops of the current batch, side by side."""
+        params = local_copy(admm.generator_params(state))
+        lr = jnp.asarray(local_batch["lr"][:4], jnp.float32)
+        y_objective, y_perceptual = self._forward(params, lr)
+        lr_big = np.repeat(np.repeat(local_batch["lr"][:4], self.scale, 1), self.scale, 2)
+        row = np.concatenate([lr_big, metrics.quantize(np.asarray(y_objective)),
+                              metrics.quantize(np.asarray(y_perceptual)),
+                              local_batch["hr"][:4]], axis=2)
+        return {"samples/lr_objective_perceptual_hr": row}
+
+    def write_summary(self, workdir: Path, step: int, scores: dict[str, float],
+                      export_dir: Path) -> None:
+        if jax.process_index() != 0:
+            return
+        (workdir / "summary.json").write_text(json.dumps(
+            {"step": step, "validation": scores, "export": str(export_dir)}, indent=2))
+        lines = [
+            f"# Run summary (step {step})", "",
+            f"Validation on {len(self.images)} images, Y-channel PSNR/SSIM, crop {self.scale}:", "",
+            "| output | PSNR (dB) | SSIM |", "|---|---|---|",
+        ]
+        for label in ("bicubic", "objective", "perceptual"):
+            lines.append(f"| {label} | {scores.get(f'psnr_{label}', float('nan')):.2f} | "
+                         f"{scores.get(f'ssim_{label}', float('nan')):.4f} |")
+        lines += ["", f"Generator export for evaluation: `{export_dir}`", ""]
+        text = "\n".join(lines)
+        (workdir / "summary.md").write_text(text)
+        print(text, flush=True)
+
+
+def _load_lpips(lpips_dir: str):
+    """An LPIPS scorer (uint8 a, uint8 b) -> float, or None when no weights are configured."""
+    if not lpips_dir:
+        return None
+    from lfcsr_jax import lpips
+
+    return lpips.load_scorer(lpips_dir)
