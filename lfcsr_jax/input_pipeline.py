@@ -1,0 +1,319 @@
+"""Training patches and evaluation images: TFDS DIV2K, image folders, benchmark sets.
+
+Every source is decoded ONCE into memory and checked before training starts (unreadable files,
+too-small images and LR/HR size mismatches raise errors naming the files). The training stream is
+index-based: global example i = step * global_batch + slot decides, through stateless RNG keyed by
+(seed, i), which image (a fresh permutation of the images every len(images) examples), the crop
+offset and the three flips. Hence the stream is deterministic, process p of P produces slots
+[p*b, (p+1)*b) of every global batch (b = global_batch / P), and resuming is starting at a step:
+no tf.data iterator state is ever saved.
+
+Crops and flips are one `tf.gather` per patch from all images packed into a single (pixels, 3)
+buffer: the flips and the transpose only permute the gathered pixel indices.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from lfcsr_jax import image_io
+from lfcsr_jax.imresize import imresize, modcrop
+
+# scikit-image's bundled photos (no network). Validation photos are distinct scenes from training
+# (motorcycle_left/right are one scene, so both train).
+SKIMAGE_TRAIN = ("astronaut.png", "motorcycle_left.png", "motorcycle_right.png", "ihc.png",
+                 "rocket.jpg", "hubble_deep_field.jpg", "retina.jpg")
+SKIMAGE_VALIDATION = ("chelsea.png", "coffee.png", "color.png")
+
+# Benchmark folder names under a data root; B100 is BSD100's other name.
+_BENCHMARK_ALIASES = {"bsd100": ("BSD100", "B100", "bsd100", "b100"),
+                      "b100": ("BSD100", "B100", "bsd100", "b100")}
+
+_LR_CACHE: dict[tuple[Any, ...], np.ndarray] = {}  # LR made by imresize, keyed by file + scale.
+
+
+def _tf():
+    """TensorFlow, with every GPU hidden from it so it never takes the accelerator from JAX."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # already initialised (by an earlier call): the setting stands.
+        pass
+    return tf
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoded images.
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePair:
+    """An HR image (modcropped) with its LR; `hr.shape[:2] == lr.shape[:2] * scale`."""
+
+    name: str
+    hr: np.ndarray
+    lr: np.ndarray
+    origin: str = ""  # the file (or TFDS record) it came from, for error messages.
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "lr": self.lr, "hr": self.hr}
+
+
+def _checked_pair(hr: np.ndarray, lr: np.ndarray, scale: int, hr_name: str,
+                  lr_name: str) -> ImagePair:
+    """Crops HR top-left to LR * scale; an error naming both files when the sizes disagree."""
+    lr_h, lr_w = lr.shape[:2]
+    if hr.shape[0] // scale != lr_h or hr.shape[1] // scale != lr_w:
+        raise ValueError(
+            f"LR/HR size mismatch for x{scale}: HR {hr_name} is {hr.shape[1]}x{hr.shape[0]} "
+            f"(W x H) but LR {lr_name} is {lr_w}x{lr_h}; expected LR {hr.shape[1] // scale}x"
+            f"{hr.shape[0] // scale}")
+    return ImagePair(Path(hr_name).stem, hr[: lr_h * scale, : lr_w * scale], lr, origin=hr_name)
+
+
+def lr_from_hr(hr: np.ndarray, scale: int, key: Any = None) -> ImagePair:
+    """(modcropped HR, MATLAB-bicubic LR); the LR is cached in memory under `key` when given."""
+    hr = modcrop(hr, scale)
+    if key is not None and (key, scale) in _LR_CACHE:
+        return ImagePair(str(key), hr, _LR_CACHE[(key, scale)])
+    lr = imresize(hr, 1.0 / scale)
+    if key is not None:
+        _LR_CACHE[(key, scale)] = lr
+    return ImagePair(str(key), hr, lr)
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+def _pairs_from_hr_files(paths: Sequence[Path], scale: int) -> list[ImagePair]:
+    hrs = image_io.read_images(paths)
+    pairs = []
+    for path, hr in zip(paths, hrs):
+        if min(hr.shape[:2]) < scale:
+            raise ValueError(f"{path}: {hr.shape[1]}x{hr.shape[0]} is smaller than the scale {scale}")
+        pair = lr_from_hr(hr, scale, key=_file_key(path))
+        pairs.append(dataclasses.replace(pair, name=path.stem, origin=str(path)))
+    return pairs
+
+
+def _pair_key(stem: str, scale: int) -> str:
+    """Shared name of an HR/LR file pair: drops 'x4' (EDSR/DIV2K) and '_HR'/'_LR' (SelfExSR)."""
+    key = stem.lower()
+    key = re.sub(rf"x{scale}$", "", key)
+    return re.sub(r"_(hr|lr)$", "", key)
+
+
+def _pairs_from_folders(hr_dir: str | os.PathLike, lr_dir: str | os.PathLike,
+                        scale: int) -> list[ImagePair]:
+    """HR/LR folders matched by name (DIV2K/EDSR 'x4' suffix, SelfExSR _HR/_LR, same names)."""
+    hr_files = image_io.list_images(hr_dir)
+    lr_by_key = {_pair_key(p.stem, scale): p for p in image_io.list_images(lr_dir)}
+    lr_files = []
+    for hr_path in hr_files:
+        lr_path = lr_by_key.get(_pair_key(hr_path.stem, scale))
+        if lr_path is None:
+            raise FileNotFoundError(
+                f"no LR image in {lr_dir} for HR {hr_path} (looked for a file named like "
+                f"{hr_path.stem}x{scale}, {hr_path.stem} or with _LR for _HR)")
+        lr_files.append(lr_path)
+    hrs = image_io.read_images(hr_files)
+    lrs = image_io.read_images(lr_files)
+    return [_checked_pair(hr, lr, scale, str(hp), str(lp))
+            for hr, lr, hp, lp in zip(hrs, lrs, hr_files, lr_files)]
+
+
+def _skimage_files(names: Sequence[str]) -> list[Path]:
+    import skimage  # pylint: disable=import-outside-toplevel
+
+    data_dir = Path(skimage.__file__).parent / "data"
+    paths = [data_dir / name for name in names]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"scikit-image sample photos missing: {missing}")
+    return paths
+
+
+def _tfds_pairs(input_cfg: Any, split: str, scale: int) -> list[ImagePair]:
+    """Decodes a TFDS split with 'hr'/'lr' images (div2k/bicubic_x4) into memory."""
+    tf = _tf()
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+    builder = tfds.builder(input_cfg.tfds_name, data_dir=input_cfg.tfds_data_dir or None)
+    download_config = None
+    if input_cfg.tfds_manual_dir:
+        download_config = tfds.download.DownloadConfig(manual_dir=input_cfg.tfds_manual_dir)
+    builder.download_and_prepare(download_config=download_config)
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    del tf
+    pairs = []
+    for index, example in enumerate(tfds.as_numpy(ds)):
+        name = f"{input_cfg.tfds_name}:{split}[{index}]"
+        pair = _checked_pair(np.asarray(example["hr"]), np.asarray(example["lr"]), scale,
+                             name + "/hr", name + "/lr")
+        pairs.append(dataclasses.replace(pair, name=f"{split.split('[')[0]}_{index:04d}",
+                                         origin=name))
+    if not pairs:
+        raise ValueError(f"TFDS {input_cfg.tfds_name} split {split!r} is empty")
+    return pairs
+
+
+def load_training_images(input_cfg: Any, scale: int) -> list[ImagePair]:
+    """All training images decoded and checked: each LR must hold one `lr_patch` crop."""
+    source = input_cfg.source
+    if source == "tfds":
+        pairs = _tfds_pairs(input_cfg, "train", scale)
+    elif source == "folder":
+        pairs = _pairs_from_hr_files(image_io.list_images(_required(input_cfg, "hr_dir")), scale)
+    elif source == "paired":
+        pairs = _pairs_from_folders(_required(input_cfg, "hr_dir"),
+                                    _required(input_cfg, "lr_dir"), scale)
+    elif source == "skimage":
+        pairs = _pairs_from_hr_files(_skimage_files(SKIMAGE_TRAIN), scale)
+    else:
+        raise ValueError(f"config.input.source: unknown {source!r}; expected "
+                         "'tfds', 'folder', 'paired' or 'skimage'")
+    patch = input_cfg.lr_patch
+    for pair in pairs:
+        if min(pair.lr.shape[:2]) < patch:
+            raise ValueError(
+                f"training image {pair.origin or pair.name} is "
+                f"{pair.hr.shape[1]}x{pair.hr.shape[0]} (LR {pair.lr.shape[1]}x{pair.lr.shape[0]}),"
+                f" smaller than one HR patch {patch * scale}x{patch * scale} (LR {patch}x{patch})")
+    return pairs
+
+
+def _required(input_cfg: Any, field: str) -> str:
+    value = getattr(input_cfg, field)
+    if not value:
+        raise ValueError(f"config.input.{field} must be set for source {input_cfg.source!r}")
+    return value
+
+# ---------------------------------------------------------------------------------------------
+# The training stream.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Packed:
+    """One resolution of all images as a (pixels, 3) buffer plus per-image offset/height/width."""
+
+    pixels_Nx3: np.ndarray
+    offset_I: np.ndarray
+    height_I: np.ndarray
+    width_I: np.ndarray
+
+
+def _pack(images: Sequence[np.ndarray]) -> _Packed:
+    sizes = np.array([im.shape[0] * im.shape[1] for im in images], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    pixels = np.concatenate([im.reshape(-1, 3) for im in images], axis=0)
+    return _Packed(pixels, offsets, np.array([im.shape[0] for im in images], np.int64),
+                   np.array([im.shape[1] for im in images], np.int64))
+
+
+def _patch_indices(tf, packed: dict, image, top, left, size: int, flips):
+    """Flat pixel indices of a size x size crop at (top, left), flipped/transposed by `flips`.
+
+    The augmented patch is transpose?(vflip?(hflip?(crop))): output pixel (a, b) reads crop pixel
+    (r, c) with (r, c) = (b, a) if transposed, then r -> size-1-r if vflip, c -> size-1-c if hflip.
+    """
+    hflip, vflip, transpose = flips[0], flips[1], flips[2]
+    a = tf.range(size, dtype=tf.int64)[:, None] + tf.zeros([1, size], tf.int64)
+    b = tf.transpose(a)
+    rows = tf.where(transpose, b, a)
+    cols = tf.where(transpose, a, b)
+    rows = tf.where(vflip, size - 1 - rows, rows)
+    cols = tf.where(hflip, size - 1 - cols, cols)
+    return packed["offset"][image] + (top + rows) * packed["width"][image] + left + cols
+
+
+def _example_fn(tf, hr: dict, lr: dict, num_images: int, seed: int, lr_patch: int, scale: int):
+    """Global example index -> {'lr', 'hr'} patch; a pure function of (seed, index)."""
+    perm_key = tf.constant([seed, 1], tf.int64)
+    crop_key = tf.constant([seed, 2], tf.int64)
+
+    def example(index):
+        # A fresh permutation of the images every num_images examples: all are seen equally often.
+        epoch, position = index // num_images, index % num_images
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(num_images, dtype=tf.int64),
+            seed=tf.random.experimental.stateless_fold_in(perm_key, epoch))
+        image = order[position]
+        keys = tf.random.experimental.stateless_split(
+            tf.random.experimental.stateless_fold_in(crop_key, index), num=3)
+        top = tf.random.stateless_uniform([], keys[0], 0, lr["height"][image] - lr_patch + 1,
+                                          dtype=tf.int64)
+        left = tf.random.stateless_uniform([], keys[1], 0, lr["width"][image] - lr_patch + 1,
+                                           dtype=tf.int64)
+        flips = tf.random.stateless_uniform([3], keys[2]) < 0.5  # hflip, vflip, transpose.
+        lr_idx = _patch_indices(tf, lr, image, top, left, lr_patch, flips)
+        hr_idx = _patch_indices(tf, hr, image, top * scale, left * scale, lr_patch * scale, flips)
+        return {"lr": tf.gather(lr["pixels"], lr_idx), "hr": tf.gather(hr["pixels"], hr_idx)}
+
+    return example
+
+
+def _to_tf(tf, packed: _Packed) -> dict:
+    # A variable is captured by handle, so the (possibly multi-GB) pixels are never serialised
+    # into the tf.data graph, and never copied per element.
+    return {"pixels": tf.Variable(packed.pixels_Nx3, trainable=False),
+            "offset": tf.constant(packed.offset_I), "height": tf.constant(packed.height_I),
+            "width": tf.constant(packed.width_I)}
+
+
+def make_train_dataset(images: Sequence[ImagePair], *, scale: int, lr_patch: int,
+                       global_batch_size: int, seed: int, start_step: int = 0,
+                       process_index: int = 0, process_count: int = 1, prefetch: int = 4):
+    """tf.data stream of this process' batches from decoded images, starting at `start_step`."""
+    tf = _tf()
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch {global_batch_size} is not divisible by the "
+                         f"{process_count} processes")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} outside [0, {process_count})")
+    if not images:
+        raise ValueError("no training images")
+    local = global_batch_size // process_count
+    example = _example_fn(tf, _to_tf(tf, _pack([im.hr for im in images])),
+                          _to_tf(tf, _pack([im.lr for im in images])), len(images), seed,
+                          lr_patch, scale)
+
+    def global_index(n):  # n-th example of this process -> global example index.
+        return (n // local) * global_batch_size + process_index * local + n % local
+
+    ds = tf.data.Dataset.range(start_step * local, 2**62)
+    ds = ds.map(lambda n: example(global_index(n)), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    ds = ds.batch(local, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE,
+                  deterministic=True)
+    return ds.prefetch(prefetch)
+
+
+def create_train_iterator(input_cfg: Any, scale: int, global_batch_size: int, seed: int,
+                          start_step: int = 0, process_index: int = 0,
+                          process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Endless {'lr': uint8 (b, p, p, 3), 'hr': uint8 (b, p*scale, p*scale, 3)} batches.
+
+    b = global_batch_size // process_count; batch k is global step start_step + k, so resuming
+    a run at step t gives exactly the batches the uninterrupted run would have seen.
+    """
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch {global_batch_size} is not divisible by the "
+                         f"{process_count} processes")
+    images = load_training_images(input_cfg, scale)
+    logging.info("input: %d training images decoded (%s)", len(images), input_cfg.source)
+    ds = make_train_dataset(images, scale=scale, lr_patch=input_cfg.lr_patch,
+                            global_batch_size=global_batch_size, seed=seed,
+                            start_step=start_step, process_index=process_index,
+                            process_count=process_count, prefetch=input_cfg.prefetch)
+    return ds.as_numpy_iterator()
