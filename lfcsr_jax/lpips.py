@@ -194,3 +194,10 @@ def _rgb(img: np.ndarray) -> np.ndarray:
 def random_alexnet_params(seed: int = 0) -> dict[str, Any]:
     """A randomly initialised backbone (tests and shape checks only: not a metric)."""
     return AlexNetFeatures().init(jax.random.PRNGKey(seed), jnp.zeros((1, 64, 64, 3)))["params"]
+
+
+def load_scorer(lpips_dir: str | os.PathLike):
+    """A callable (uint8 a, uint8 b) -> float LPIPS with weights from `lpips_dir` (see
+    `find_lpips_files`); raises MetricUnavailable naming the missing file."""
+    params = load_lpips_params(lpips_dir)
+    return functools.partial(lpips, params)

@@ -13,7 +13,7 @@ No-reference:
     BasicSR's `calculate_niqe` and of the PIRM 2018 scripts, which feed MATLAB's computequality.m):
     Y channel as above, `crop_border` pixels removed, then rounded to integers; the image is cut to
     a multiple of 96x96 at the top-left; 7x7 Gaussian (sigma 7/6) local normalisation with
-    replicate borders; 18 GGD/AGGD features per 96x96 block at scale 1 and per 48x48 block after a
+    replicate borders; 18 AGGD features (computefeature.m) per 96x96 block at scale 1 and per 48x48 block after a
     MATLAB bicubic 1/2 resize (float, antialiased); distance to the pristine Gaussian with
     pinv of the averaged covariances. `evaluate` uses crop_border = scale (PIRM's shave of 4).
   - NRQM (Ma et al. 2017) needs the authors' trained regression forests (`model.mat` of
@@ -46,7 +46,7 @@ PIXEL_MAX = 255.0
 NIQE_BLOCK = 96  # block side at scale 1 (blocksizerow = blocksizecol = 96, no overlap).
 NIQE_WINDOW_SIZE = 7
 NIQE_SIGMA = 7.0 / 6.0
-# Shape-parameter grid of the GGD/AGGD moment-matching searches: MATLAB's 0.2:0.001:10.
+# Shape-parameter grid of the AGGD moment-matching search: MATLAB's 0.2:0.001:10.
 _GAMMA_GRID = 0.2 + 0.001 * np.arange(9801, dtype=np.float64)
 
 
@@ -178,51 +178,41 @@ def load_niqe_params(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return mu, cov
 
 
-def _ggd_shape(blocks_NxP: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """estimateggdparam per row: (shape alpha, variance) by moment matching on the gamma grid."""
-    g = _GAMMA_GRID
-    r_gam = scipy.special.gamma(1 / g) * scipy.special.gamma(3 / g) / scipy.special.gamma(2 / g) ** 2
-    sigma_sq = np.mean(blocks_NxP**2, axis=1)
-    mean_abs = np.mean(np.abs(blocks_NxP), axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = sigma_sq / mean_abs**2
-    # np.argmin returns the first minimum, like MATLAB's min (a NaN rho picks index 0 in both).
-    index = np.argmin(np.abs(rho[:, None] - r_gam[None, :]), axis=1)
-    return g[index], sigma_sq
+def _aggd_params(x_NxP: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """estimateaggdparam per row: (alpha, beta_left, beta_right) by moment matching.
 
-
-def _aggd_params(pairs_NxP: np.ndarray) -> tuple[np.ndarray, ...]:
-    """estimateaggdparam per row: (alpha, left std, right std)."""
+    beta = std_side * sqrt(gamma(1/alpha) / gamma(3/alpha)); alpha from the gamma grid (first
+    minimum, as MATLAB's min).
+    """
     g = _GAMMA_GRID
     r_gam = scipy.special.gamma(2 / g) ** 2 / (scipy.special.gamma(1 / g) * scipy.special.gamma(3 / g))
-    neg, pos = pairs_NxP < 0, pairs_NxP > 0
-    sq = pairs_NxP**2
+    neg, pos = x_NxP < 0, x_NxP > 0
+    sq = x_NxP**2
     with np.errstate(invalid="ignore", divide="ignore"):
         left_std = np.sqrt(np.sum(sq * neg, axis=1) / np.sum(neg, axis=1))
         right_std = np.sqrt(np.sum(sq * pos, axis=1) / np.sum(pos, axis=1))
         gamma_hat = left_std / right_std
-        r_hat = np.mean(np.abs(pairs_NxP), axis=1) ** 2 / np.mean(sq, axis=1)
+        r_hat = np.mean(np.abs(x_NxP), axis=1) ** 2 / np.mean(sq, axis=1)
         r_hat_norm = r_hat * (gamma_hat**3 + 1) * (gamma_hat + 1) / (gamma_hat**2 + 1) ** 2
-    index = np.argmin((r_gam[None, :] - r_hat_norm[:, None]) ** 2, axis=1)
-    return g[index], left_std, right_std
+    alpha = g[np.argmin((r_gam[None, :] - r_hat_norm[:, None]) ** 2, axis=1)]
+    to_beta = np.sqrt(scipy.special.gamma(1 / alpha) / scipy.special.gamma(3 / alpha))
+    return alpha, left_std * to_beta, right_std * to_beta
 
 
 def _block_features(struct_HxW: np.ndarray, block: int) -> np.ndarray:
-    """The 18 NIQE features of every non-overlapping block x block tile: (n_blocks, 18)."""
+    """The 18 NIQE features (computefeature.m) of every non-overlapping block: (n_blocks, 18)."""
     h, w = struct_HxW.shape
     tiles = struct_HxW.reshape(h // block, block, w // block, block).transpose(0, 2, 1, 3)
     tiles_NxBxB = tiles.reshape(-1, block, block)
     n = tiles_NxBxB.shape[0]
-    alpha, var = _ggd_shape(tiles_NxBxB.reshape(n, -1))
-    features = [alpha, var]
+    alpha, beta_l, beta_r = _aggd_params(tiles_NxBxB.reshape(n, -1))
+    features = [alpha, (beta_l + beta_r) / 2]
     # circshift inside each block (MATLAB blkproc hands each block to computefeature).
     for shift in ((0, 1), (1, 0), (1, 1), (-1, 1)):
         shifted = np.roll(tiles_NxBxB, shift, axis=(1, 2))
-        pairs = (tiles_NxBxB * shifted).reshape(n, -1)
-        a, left, right = _aggd_params(pairs)
-        const = np.sqrt(scipy.special.gamma(1 / a)) / np.sqrt(scipy.special.gamma(3 / a))
-        mean = (right - left) * (scipy.special.gamma(2 / a) / scipy.special.gamma(1 / a)) * const
-        features += [a, mean, left**2, right**2]
+        a, beta_l, beta_r = _aggd_params((tiles_NxBxB * shifted).reshape(n, -1))
+        mean = (beta_r - beta_l) * (scipy.special.gamma(2 / a) / scipy.special.gamma(1 / a))
+        features += [a, mean, beta_l, beta_r]
     return np.stack(features, axis=1)
 
 
