@@ -114,10 +114,10 @@ def _pair_key(stem: str, scale: int) -> str:
     return re.sub(r"_(hr|lr)$", "", key)
 
 
-def _pairs_from_folders(hr_dir: str | os.PathLike, lr_dir: str | os.PathLike,
-                        scale: int) -> list[ImagePair]:
+def _pairs_from_folders(hr_dir: str | os.PathLike, lr_dir: str | os.PathLike, scale: int,
+                        limit: int | None = None) -> list[ImagePair]:
     """HR/LR folders matched by name (DIV2K/EDSR 'x4' suffix, SelfExSR _HR/_LR, same names)."""
-    hr_files = image_io.list_images(hr_dir)
+    hr_files = image_io.list_images(hr_dir)[:limit]
     lr_by_key = {_pair_key(p.stem, scale): p for p in image_io.list_images(lr_dir)}
     lr_files = []
     for hr_path in hr_files:
@@ -317,3 +317,117 @@ def create_train_iterator(input_cfg: Any, scale: int, global_batch_size: int, se
                             start_step=start_step, process_index=process_index,
                             process_count=process_count, prefetch=input_cfg.prefetch)
     return ds.as_numpy_iterator()
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole images for validation and the benchmark sets.
+
+
+def load_validation_set(input_cfg: Any, scale: int) -> list[dict[str, Any]]:
+    """[{'name', 'lr', 'hr'}] whole validation images (HR modcropped), at most val_count.
+
+    tfds: 'validation[:val_count]' (DIV2K 0801-0810); skimage: held-out photos; folder/paired:
+    val_hr_dir (+ val_lr_dir, else LR by imresize), or [] with a warning when it is unset.
+    """
+    count = input_cfg.val_count
+    source = input_cfg.source
+    if source == "tfds":
+        pairs = _tfds_pairs(input_cfg, f"validation[:{count}]", scale)
+    elif source == "skimage":
+        pairs = _pairs_from_hr_files(_skimage_files(SKIMAGE_VALIDATION[:count]), scale)
+    elif source in ("folder", "paired"):
+        if not input_cfg.val_hr_dir:
+            logging.warning("config.input.val_hr_dir is empty: no validation images")
+            return []
+        if input_cfg.val_lr_dir:
+            pairs = _pairs_from_folders(input_cfg.val_hr_dir, input_cfg.val_lr_dir, scale, count)
+        else:
+            pairs = _pairs_from_hr_files(image_io.list_images(input_cfg.val_hr_dir)[:count], scale)
+    else:
+        raise ValueError(f"config.input.source: unknown {source!r}; expected "
+                         "'tfds', 'folder', 'paired' or 'skimage'")
+    return [pair.as_dict() for pair in pairs]
+
+
+def find_benchmark(data_dir: str | os.PathLike, name: str) -> Path:
+    """The folder of benchmark `name` (Set5, Set14, BSD100/B100, Urban100, Manga109) under a root.
+
+    Looks at data_dir/<name>, data_dir/{benchmarks,benchmark,testsets,datasets}/<name> and
+    data_dir itself, matching names case-insensitively (B100 and BSD100 are one set).
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"benchmark root {str(root)!r} does not exist")
+    wanted = {n.lower() for n in _BENCHMARK_ALIASES.get(name.lower(), (name,))}
+    parents = [root] + [root / sub for sub in ("benchmarks", "benchmark", "testsets", "datasets")]
+    if root.name.lower() in wanted:
+        return root
+    for parent in parents:
+        if parent.is_dir():
+            for child in sorted(parent.iterdir()):
+                if child.is_dir() and child.name.lower() in wanted:
+                    return child
+    raise FileNotFoundError(
+        f"benchmark {name!r} not found under {root} (searched {', '.join(map(str, parents))} "
+        f"for a folder named {' or '.join(sorted(wanted))})")
+
+
+def _first_dir(directory: Path, candidates: Sequence[str]) -> Path | None:
+    for candidate in candidates:
+        if (directory / candidate).is_dir():
+            return directory / candidate
+    return None
+
+
+def _canonical_names(directory: Path) -> dict[str, str]:
+    """HR file name -> usual image name, from a SelfExSR-style index.csv when present."""
+    index = directory / "index.csv"
+    if not index.is_file():
+        return {}
+    with open(index, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "hr_file" not in rows[0] or "canonical_name" not in rows[0]:
+        raise ValueError(f"{index}: expected columns hr_file and canonical_name")
+    return {Path(row["hr_file"]).name: row["canonical_name"] for row in rows}
+
+
+def load_benchmark(directory: str | os.PathLike, scale: int = 4, *,
+                   regenerate_lr: bool = False) -> list[dict[str, Any]]:
+    """[{'name', 'lr', 'hr'}] of a benchmark folder, whole images, HR cropped to LR * scale.
+
+    Layouts: SelfExSR (HR/img_NNN_SRF_4_HR.png + LR_bicubic/X4/img_NNN_SRF_4_LR.png, names from
+    index.csv), EDSR (HR/<name>.png + LR_bicubic/X4/<name>x4.png), BasicSR (GTmod12/ +
+    LRbicx4/), SelfExSR's original image_SRF_4/ (both in one folder), or HR only (a folder of
+    images, or HR/ without LR): the LR is then MATLAB-bicubic imresize of the modcropped HR, as
+    it also is for every layout when `regenerate_lr`.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"benchmark folder {str(directory)!r} does not exist")
+    hr_dir = _first_dir(directory, ("HR", "hr", f"GTmod{scale * 3}", f"GTmod{scale}", "GTmod12"))
+    lr_dir = _first_dir(directory, (f"LR_bicubic/X{scale}", f"LR_bicubic/x{scale}",
+                                    f"LRbicx{scale}", f"LR/X{scale}", f"LR/x{scale}", "LR", "lr"))
+    selfexsr = directory / f"image_SRF_{scale}"
+    if hr_dir is None and selfexsr.is_dir():
+        files = image_io.list_images(selfexsr)
+        hr_files = [p for p in files if p.stem.endswith("_HR")]
+        if regenerate_lr:
+            pairs = _pairs_from_hr_files(hr_files, scale)
+        else:
+            lr_by_key = {_pair_key(p.stem, scale): p for p in files if p.stem.endswith("_LR")}
+            pairs = []
+            for hp in hr_files:
+                lp = lr_by_key.get(_pair_key(hp.stem, scale))
+                if lp is None:
+                    raise FileNotFoundError(f"no LR image in {selfexsr} for HR {hp}")
+                pairs.append(_checked_pair(image_io.read_image(hp), image_io.read_image(lp),
+                                           scale, str(hp), str(lp)))
+    else:
+        hr_dir = hr_dir or directory
+        if lr_dir is None or regenerate_lr:
+            pairs = _pairs_from_hr_files(image_io.list_images(hr_dir), scale)
+        else:
+            pairs = _pairs_from_folders(hr_dir, lr_dir, scale)
+    names = _canonical_names(directory)
+    return [{"name": names.get(Path(p.origin).name, re.sub(r"_HR$", "", p.name)),
+             "lr": p.lr, "hr": p.hr} for p in pairs]
