@@ -106,6 +106,8 @@ def imresize(image: np.ndarray, scale: float | None, *,
 
 def imresize_jax(x_BxHxWxC: jnp.ndarray, scale: float) -> jnp.ndarray:
     """Float bicubic resize inside jit: the same matrices as `imresize`, as constants; no rounding."""
+    if not jnp.issubdtype(x_BxHxWxC.dtype, jnp.floating):
+        x_BxHxWxC = x_BxHxWxC.astype(jnp.float32)
     height, width = x_BxHxWxC.shape[1:3]
     out = x_BxHxWxC
     for axis, n_in, n_out, s in _plan((height, width), scale, None):
