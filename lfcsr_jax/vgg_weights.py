@@ -1,0 +1,359 @@
+"""Pretrained weights for the frozen VGG19 and the discriminator: import, save, load.
+
+VGG19 params are {'conv1_1': {'kernel': HWIO float32, 'bias': float32}, ..., 'conv5_4': ...}
+(the tree `lfcsr_jax.models.vgg19.VGG19Features` uses). Where they come from decides the input
+they expect (see `lfcsr_jax.models.vgg19.vgg_input`):
+  torchvision `vgg19-dcbb9e9d.pth`           -> 'torchvision' (x/255, ImageNet mean/std, RGB)
+  Keras `VGG19(weights='imagenet')` .h5 file -> 'caffe' (0-255 minus the Caffe mean; the Keras
+      model reads BGR, our converter reorders the first conv's input channels so we feed RGB)
+Our .npz format stores that convention beside the params ('meta/input_convention').
+
+Nothing here downloads: every loader takes a local path. torch, safetensors, h5py and keras are
+imported only by the function that needs them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from lfcsr_jax.models.discriminator import DISCRIMINATOR_BLOCKS, HIDDEN_UNITS, flattened_features
+from lfcsr_jax.models.vgg19 import INPUT_CONVENTIONS, VGG19_BLOCKS, VGG19_CONV_NAMES
+
+Params = dict[str, dict[str, np.ndarray]]
+PathLike = str | os.PathLike
+
+_CONVENTION_KEY = "meta/input_convention"
+
+
+def _torchvision_conv_indices() -> dict[str, int]:
+    """conv name -> index in torchvision's vgg19().features (a conv and a ReLU each, a pool per block)."""
+    indices, position = {}, 0
+    for block, (_, n_convs) in enumerate(VGG19_BLOCKS, 1):
+        for i in range(1, n_convs + 1):
+            indices[f"conv{block}_{i}"] = position
+            position += 2
+        position += 1
+    return indices
+
+
+TORCHVISION_CONV_INDEX = _torchvision_conv_indices()  # conv1_1 -> 0, ..., conv3_4 -> 16, conv5_4 -> 34
+
+
+def _vgg19_shapes() -> dict[str, tuple[int, int]]:
+    """conv name -> (in channels, out channels)."""
+    shapes, channels_in = {}, 3
+    for block, (channels, n_convs) in enumerate(VGG19_BLOCKS, 1):
+        for i in range(1, n_convs + 1):
+            shapes[f"conv{block}_{i}"] = (channels_in, channels)
+            channels_in = channels
+    return shapes
+
+
+VGG19_CONV_SHAPES = _vgg19_shapes()
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    """A torch tensor (any float dtype, any device) or array-like -> numpy."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.float()
+        value = value.numpy()
+    return np.asarray(value)
+
+
+def _check_keys(where: str, state_dict: Mapping[str, Any], expected: Mapping[str, tuple],
+                ignored: re.Pattern) -> dict[str, np.ndarray]:
+    """Returns {key: float32 array} for `expected`; ValueError naming missing/mis-shaped/unknown keys."""
+    missing = [k for k in expected if k not in state_dict]
+    unknown = [k for k in state_dict if k not in expected and not ignored.fullmatch(k)]
+    arrays = {k: _to_numpy(state_dict[k]) for k in expected if k in state_dict}
+    misshaped = [f"{k}: expected {tuple(shape)}, got {arrays[k].shape}"
+                 for k, shape in expected.items() if k in arrays and arrays[k].shape != tuple(shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if misshaped:
+        problems.append(f"mis-shaped keys [{'; '.join(misshaped)}]")
+    if unknown:
+        problems.append(f"unknown keys {unknown}")
+    if problems:
+        raise ValueError(f"{where}: " + ", ".join(problems))
+    return {k: a.astype(np.float32) for k, a in arrays.items()}
+
+
+def _oihw_to_hwio(w_OxIxHxW: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(w_OxIxHxW, (2, 3, 1, 0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# VGG19 from torchvision
+
+
+def vgg19_params_from_torchvision(state_dict: Mapping[str, Any],
+                                  where: str = "torchvision VGG19 state_dict") -> Params:
+    """torchvision vgg19 state_dict (features.N.weight OIHW / features.N.bias) -> our params.
+
+    'classifier.*' keys (the fully connected head of a full vgg19()) are ignored on purpose: the
+    loss uses the conv features only. Missing or mis-shaped feature keys and any other key raise
+    ValueError naming them. The result expects the 'torchvision' input convention.
+    """
+    expected = {}
+    for name, index in TORCHVISION_CONV_INDEX.items():
+        c_in, c_out = VGG19_CONV_SHAPES[name]
+        expected[f"features.{index}.weight"] = (c_out, c_in, 3, 3)
+        expected[f"features.{index}.bias"] = (c_out,)
+    arrays = _check_keys(where, state_dict, expected, re.compile(r"classifier\..*"))
+    return {name: {"kernel": _oihw_to_hwio(arrays[f"features.{index}.weight"]),
+                   "bias": arrays[f"features.{index}.bias"]}
+            for name, index in TORCHVISION_CONV_INDEX.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# VGG19 from Keras
+
+
+def _keras_layer_name(conv_name: str) -> str:
+    block, i = conv_name[len("conv"):].split("_")
+    return f"block{block}_conv{i}"
+
+
+def _kernel_and_bias(where: str, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    kernels = [a for a in arrays if a.ndim == 4]
+    biases = [a for a in arrays if a.ndim == 1]
+    if len(kernels) != 1 or len(biases) != 1 or len(arrays) != 2:
+        raise ValueError(f"{where}: expected one 4-D kernel and one bias, got shapes "
+                         f"{[a.shape for a in arrays]}")
+    return kernels[0], biases[0]
+
+
+def _keras_arrays_from_model(model: Any) -> dict[str, list[np.ndarray]]:
+    arrays = {}
+    for name in VGG19_CONV_NAMES:
+        try:
+            layer = model.get_layer(_keras_layer_name(name))
+        except ValueError as error:
+            raise ValueError(f"Keras model: no layer {_keras_layer_name(name)!r}") from error
+        arrays[name] = [np.asarray(w) for w in layer.get_weights()]
+    return arrays
+
+
+def _keras_arrays_from_h5(path: PathLike) -> dict[str, list[np.ndarray]]:
+    """Reads a Keras 2 / legacy .h5 (layer groups by name, full model or weights only) or a
+    Keras 3 .weights.h5 (layers/conv2d, conv2d_1, ... in model order)."""
+    import h5py  # pylint: disable=import-outside-toplevel
+
+    where = os.fspath(path)
+    try:
+        f = h5py.File(where, "r")
+    except OSError as error:
+        raise ValueError(f"{where}: not a readable HDF5 file ({error})") from error
+    with f:
+        root = f["model_weights"] if "model_weights" in f else f
+        if "layer_names" in root.attrs:
+            return _keras_arrays_legacy(where, root)
+        if "layers" in root:
+            return _keras_arrays_v3(where, root["layers"])
+        raise ValueError(f"{where}: neither a Keras legacy weights file ('layer_names' attribute) "
+                         "nor a Keras 3 .weights.h5 ('layers' group)")
+
+
+def _decode(name: Any) -> str:
+    return name.decode("utf8") if isinstance(name, bytes) else str(name)
+
+
+def _keras_arrays_legacy(where: str, root: Any) -> dict[str, list[np.ndarray]]:
+    layer_names = [_decode(n) for n in root.attrs["layer_names"]]
+    arrays = {}
+    for name in VGG19_CONV_NAMES:
+        layer = _keras_layer_name(name)
+        if layer not in layer_names:
+            raise ValueError(f"{where}: missing Keras layer {layer!r} (has {layer_names})")
+        group = root[layer]
+        arrays[name] = [np.asarray(group[_decode(w)]) for w in group.attrs["weight_names"]]
+    return arrays
+
+
+def _keras_arrays_v3(where: str, layers: Any) -> dict[str, list[np.ndarray]]:
+    # Keras 3 names layers by class in model order: conv2d, conv2d_1, ..., conv2d_15.
+    convs = sorted((n for n in layers if re.fullmatch(r"conv2d(_\d+)?", n)),
+                   key=lambda n: int(n.split("_")[1]) if "_" in n else 0)
+    if len(convs) != len(VGG19_CONV_NAMES):
+        raise ValueError(f"{where}: expected {len(VGG19_CONV_NAMES)} conv2d layers, found {convs}")
+    arrays = {}
+    for name, group_name in zip(VGG19_CONV_NAMES, convs):
+        variables = layers[group_name]["vars"]
+        arrays[name] = [np.asarray(variables[k]) for k in sorted(variables, key=int)]
+    return arrays
+
+
+def vgg19_params_from_keras(path_or_model: PathLike | Any) -> Params:
+    """keras.applications.VGG19(include_top=False) weights (a model, or a local .h5 file) -> params.
+
+    Keras kernels are already HWIO. The Keras/Caffe weights read BGR input; we reverse the first
+    conv's input-channel axis so the params take RGB. The result expects the 'caffe' input
+    convention: RGB in 0-255 minus CAFFE_MEAN_RGB, no std division (`vgg_input(x, 'caffe')`).
+    """
+    if isinstance(path_or_model, (str, os.PathLike)):
+        where = os.fspath(path_or_model)
+        raw = _keras_arrays_from_h5(path_or_model)
+    else:
+        where = "Keras model"
+        raw = _keras_arrays_from_model(path_or_model)
+    params = {}
+    for name in VGG19_CONV_NAMES:
+        kernel, bias = _kernel_and_bias(f"{where} {_keras_layer_name(name)}", raw[name])
+        c_in, c_out = VGG19_CONV_SHAPES[name]
+        if kernel.shape != (3, 3, c_in, c_out) or bias.shape != (c_out,):
+            raise ValueError(f"{where} {_keras_layer_name(name)}: expected kernel (3, 3, {c_in}, "
+                             f"{c_out}) and bias ({c_out},), got {kernel.shape} and {bias.shape}")
+        params[name] = {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}
+    # BGR -> RGB: the first conv's input channels in reverse order.
+    params["conv1_1"]["kernel"] = np.ascontiguousarray(params["conv1_1"]["kernel"][:, :, ::-1, :])
+    return params
+
+
+# ---------------------------------------------------------------------------------------------
+# Discriminator from the authors' PyTorch module (loss/discriminator.py)
+
+
+def discriminator_params_from_state_dict(
+        state_dict: Mapping[str, Any], patch_size: int,
+        where: str = "discriminator state_dict") -> tuple[Params, Params]:
+    """The authors' Discriminator state_dict -> (params, batch_stats) for `Discriminator`.
+
+    Keys: features.{i}.0.weight (conv, OIHW), features.{i}.1.{weight, bias, running_mean,
+    running_var} (BatchNorm), classifier.{0,2}.{weight, bias} (Linear (out, in)).
+    features.{i}.1.num_batches_tracked is ignored (momentum is fixed, so it is unused).
+    """
+    expected, c_in = {}, 3
+    for i, (c_out, _) in enumerate(DISCRIMINATOR_BLOCKS):
+        expected[f"features.{i}.0.weight"] = (c_out, c_in, 3, 3)
+        for stat in ("weight", "bias", "running_mean", "running_var"):
+            expected[f"features.{i}.1.{stat}"] = (c_out,)
+        c_in = c_out
+    expected["classifier.0.weight"] = (HIDDEN_UNITS, flattened_features(patch_size))
+    expected["classifier.0.bias"] = (HIDDEN_UNITS,)
+    expected["classifier.2.weight"] = (1, HIDDEN_UNITS)
+    expected["classifier.2.bias"] = (1,)
+    arrays = _check_keys(f"{where} (patch_size={patch_size})", state_dict, expected,
+                         re.compile(r"features\.\d+\.1\.num_batches_tracked"))
+    params, batch_stats = {}, {}
+    for i in range(len(DISCRIMINATOR_BLOCKS)):
+        params[f"conv{i}"] = {"kernel": _oihw_to_hwio(arrays[f"features.{i}.0.weight"])}
+        params[f"bn{i}"] = {"scale": arrays[f"features.{i}.1.weight"],
+                            "bias": arrays[f"features.{i}.1.bias"]}
+        batch_stats[f"bn{i}"] = {"mean": arrays[f"features.{i}.1.running_mean"],
+                                 "var": arrays[f"features.{i}.1.running_var"]}
+    # Our flatten is channel-major like PyTorch's, so only the (out, in) -> (in, out) transpose.
+    for ours, theirs in (("dense0", "classifier.0"), ("dense1", "classifier.2")):
+        params[ours] = {"kernel": np.ascontiguousarray(arrays[f"{theirs}.weight"].T),
+                        "bias": arrays[f"{theirs}.bias"]}
+    return params, batch_stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def load_torch_state_dict(path: PathLike) -> dict[str, np.ndarray]:
+    """A local .pth/.pt state_dict (torch.load with weights_only=True) -> {key: numpy array}."""
+    import torch  # pylint: disable=import-outside-toplevel
+
+    where = os.fspath(path)
+    try:
+        loaded = torch.load(where, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types (pickle, zip, RuntimeError)
+        raise ValueError(f"{where}: cannot be read as a PyTorch state_dict ({error})") from error
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{where}: expected a state_dict (a mapping of tensors), got {type(loaded)}")
+    return {k: _to_numpy(v) for k, v in loaded.items()}
+
+
+def load_safetensors_state_dict(path: PathLike) -> dict[str, np.ndarray]:
+    """A local .safetensors file -> {key: numpy array}."""
+    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+
+    where = os.fspath(path)
+    try:
+        return dict(load_file(where))
+    except Exception as error:  # safetensors raises its own error types
+        raise ValueError(f"{where}: cannot be read as safetensors ({error})") from error
+
+
+def load_npz_state_dict(path: PathLike) -> dict[str, np.ndarray]:
+    """A local .npz of named arrays -> {key: numpy array}."""
+    where = os.fspath(path)
+    try:
+        with np.load(where, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{where}: cannot be read as .npz ({error})") from error
+
+
+def save_vgg19_params(path: PathLike, params: Params, input_convention: str) -> None:
+    """Writes params as an .npz with flat keys 'conv1_1/kernel', ... and the input convention."""
+    if input_convention not in INPUT_CONVENTIONS:
+        raise ValueError(f"input_convention {input_convention!r} not in {INPUT_CONVENTIONS}")
+    flat = {f"{name}/{leaf}": np.asarray(params[name][leaf], np.float32)
+            for name in VGG19_CONV_NAMES for leaf in ("kernel", "bias")}
+    flat[_CONVENTION_KEY] = np.asarray(input_convention)
+    with open(path, "wb") as f:  # a file object keeps np.savez from appending '.npz'
+        np.savez(f, **flat)
+
+
+def load_vgg19_params(path: PathLike) -> Params:
+    """Reads an .npz written by `save_vgg19_params`; ValueError naming the file on bad content."""
+    return load_vgg19_weights(path)[0]
+
+
+def read_vgg19_input_convention(path: PathLike) -> str:
+    """The input convention ('torchvision' or 'caffe') stored in a `save_vgg19_params` .npz."""
+    return load_vgg19_weights(path)[1]
+
+
+def _vgg19_params_from_npz(where: str, flat: Mapping[str, np.ndarray]) -> tuple[Params, str]:
+    expected = {}
+    for name in VGG19_CONV_NAMES:
+        c_in, c_out = VGG19_CONV_SHAPES[name]
+        expected[f"{name}/kernel"] = (3, 3, c_in, c_out)
+        expected[f"{name}/bias"] = (c_out,)
+    if _CONVENTION_KEY not in flat:
+        raise ValueError(f"{where}: missing key {_CONVENTION_KEY!r} (not written by save_vgg19_params)")
+    convention = str(flat[_CONVENTION_KEY])
+    if convention not in INPUT_CONVENTIONS:
+        raise ValueError(f"{where}: {_CONVENTION_KEY}={convention!r} not in {INPUT_CONVENTIONS}")
+    arrays = _check_keys(where, flat, expected, re.compile(re.escape(_CONVENTION_KEY)))
+    params = {name: {"kernel": arrays[f"{name}/kernel"], "bias": arrays[f"{name}/bias"]}
+              for name in VGG19_CONV_NAMES}
+    return params, convention
+
+
+def load_vgg19_weights(path: PathLike) -> tuple[Params, str]:
+    """Any supported local VGG19 weights file -> (params, input convention).
+
+    .npz: ours (from `save_vgg19_params`) or torchvision keys; .pth/.pt: torchvision state_dict;
+    .safetensors: torchvision keys; .h5: Keras VGG19 (convention 'caffe').
+    """
+    where = os.fspath(path)
+    if not os.path.isfile(where):
+        raise FileNotFoundError(f"VGG19 weights file not found: {where}")
+    suffix = where.lower()
+    if suffix.endswith(".h5"):
+        return vgg19_params_from_keras(where), "caffe"
+    if suffix.endswith((".pth", ".pt")):
+        return vgg19_params_from_torchvision(load_torch_state_dict(where), where), "torchvision"
+    if suffix.endswith(".safetensors"):
+        state_dict = load_safetensors_state_dict(where)
+        return vgg19_params_from_torchvision(state_dict, where), "torchvision"
+    if suffix.endswith(".npz"):
+        flat = load_npz_state_dict(where)
+        if any(k.startswith("features.") for k in flat):
+            return vgg19_params_from_torchvision(flat, where), "torchvision"
+        return _vgg19_params_from_npz(where, flat)
+    raise ValueError(f"{where}: unknown VGG19 weights format (expected .npz, .pth, .pt, "
+                     ".safetensors or .h5)")
