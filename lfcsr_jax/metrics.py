@@ -6,8 +6,12 @@ All full-reference metrics take uint8 images (SR already clamped to [0, 255] and
     (Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255), not rounded, `crop` = scale pixels removed at
     every border. SSIM is MATLAB `ssim_index` (Wang et al. 2004): 11x11 Gaussian window, sigma 1.5,
     K1 = 0.01, K2 = 0.03, L = 255, 'valid' filtering, no downsampling (unlike MATLAB's newer ssim.m).
-  - Grayscale images (H, W) or (H, W, 1) are treated as RGB with three equal channels, so their Y is
-    16 + 219 g / 255 (Set14 'bridge' is stored as 1-channel).
+  - `gray=True` (the HR FILE is single-channel, like Set14 'bridge'): the score is computed on the
+    gray levels themselves, as the MATLAB scripts behind the published tables do for 1-channel
+    files (they skip rgb2ycbcr): HR as stored, SR through MATLAB rgb2gray when its channels
+    differ. This is what makes the Set14 bicubic x4 PSNR 26.00 dB; scoring bridge through BT.601
+    (16 + 219 g / 255) instead gives 26.09. A 2-D array passed without gray=True is treated as
+    RGB with three equal channels.
 No-reference:
   - NIQE (Mittal, Soundararajan, Bovik 2013) with the LIVE pristine model. Convention (the one of
     BasicSR's `calculate_niqe` and of the PIRM 2018 scripts, which feed MATLAB's computequality.m):
@@ -80,6 +84,24 @@ def rgb_to_y(img: np.ndarray) -> np.ndarray:
     return 16.0 + rgb @ _Y_COEFFS_RGB
 
 
+# MATLAB rgb2gray weights, for an RGB SR output scored against a 1-channel HR.
+_GRAY_COEFFS_RGB = np.array([0.2989, 0.5870, 0.1140], dtype=np.float64)
+
+
+def gray_levels(img: np.ndarray) -> np.ndarray:
+    """float64 (H, W) gray of an image stored as 1-channel: the channel itself when all channels
+    are equal, MATLAB rgb2gray otherwise."""
+    rgb = _as_rgb_f64(img, "gray_levels")
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+        return rgb[..., 0]
+    return rgb @ _GRAY_COEFFS_RGB
+
+
+def luma(img: np.ndarray, gray: bool = False) -> np.ndarray:
+    """The plane PSNR/SSIM are computed on: BT.601 Y, or `gray_levels` for 1-channel files."""
+    return gray_levels(img) if gray else rgb_to_y(img)
+
+
 def _crop(y_HxW: np.ndarray, crop: int) -> np.ndarray:
     if crop < 0:
         raise ValueError(f"crop must be >= 0, got {crop}")
@@ -101,10 +123,10 @@ def _check_pair(sr: np.ndarray, hr: np.ndarray) -> None:
 # ----------------------------------------------------------------------------- PSNR / SSIM
 
 
-def psnr_y(sr_u8: np.ndarray, hr_u8: np.ndarray, crop: int = 4) -> float:
+def psnr_y(sr_u8: np.ndarray, hr_u8: np.ndarray, crop: int = 4, gray: bool = False) -> float:
     """Y-channel PSNR in dB, `crop` border pixels removed (crop = scale in SR papers)."""
     _check_pair(sr_u8, hr_u8)
-    diff = _crop(rgb_to_y(sr_u8), crop) - _crop(rgb_to_y(hr_u8), crop)
+    diff = _crop(luma(sr_u8, gray), crop) - _crop(luma(hr_u8, gray), crop)
     mse = float(np.mean(diff * diff))
     if mse == 0.0:
         return float("inf")
@@ -142,10 +164,10 @@ def ssim_of_y(y1_HxW: np.ndarray, y2_HxW: np.ndarray) -> float:
     return float(ssim_map.mean())
 
 
-def ssim_y(sr_u8: np.ndarray, hr_u8: np.ndarray, crop: int = 4) -> float:
+def ssim_y(sr_u8: np.ndarray, hr_u8: np.ndarray, crop: int = 4, gray: bool = False) -> float:
     """Y-channel SSIM (MATLAB ssim_index), `crop` border pixels removed first."""
     _check_pair(sr_u8, hr_u8)
-    return ssim_of_y(_crop(rgb_to_y(sr_u8), crop), _crop(rgb_to_y(hr_u8), crop))
+    return ssim_of_y(_crop(luma(sr_u8, gray), crop), _crop(luma(hr_u8, gray), crop))
 
 
 # ----------------------------------------------------------------------------- NIQE

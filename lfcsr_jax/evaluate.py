@@ -1,0 +1,384 @@
+"""Evaluate an LFc-SR export (or bicubic) on the SR benchmarks with the paper's protocol.
+
+  python -m lfcsr_jax.evaluate --checkpoint=EXPORT_DIR --data_dir=DATA --output_dir=OUT \
+      [--datasets=Set5,Set14,BSD100,Urban100,Manga109] [--metrics=psnr,ssim,lpips,niqe] \
+      [--lpips_dir=DIR] [--niqe_params=FILE] [--alphas=0,0.1,...,1] [--reference_points=paper|FILE]
+  python -m lfcsr_jax.evaluate --model=bicubic --data_dir=DATA
+
+For every image the generator runs ONCE; the objective output Y' (alpha = 1), the perceptual
+output Y (alpha = 0) and the blends alpha Y' + (1 - alpha) Y (the paper's Eq. 14 trade-off curve)
+are all computed from that one forward pass, quantised to uint8 and scored (metrics.py: Y-PSNR and
+SSIM with crop = scale, LPIPS on the full RGB image, NIQE on Y with crop = scale). A bicubic row is
+added for reference. Outputs in --output_dir: table.md (also printed), results.csv, results.json
+(means and per-image values), pd_plane_<dataset>.png, and with --save_images the SR PNGs.
+Metrics whose weights were not given are reported as unavailable, with the reason.
+Data layout: DATA/<Set>/HR + DATA/<Set>/LR_bicubic/X4 (EDSR / SelfExSR layout), or HR only (LR made
+with the MATLAB-exact imresize).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from lfcsr_jax import metrics
+
+DEFAULT_DATASETS = "Set5,Set14,BSD100,Urban100,Manga109"
+DEFAULT_ALPHAS = ",".join(f"{a / 10:g}" for a in range(11))
+METRIC_NAMES = ("psnr", "ssim", "lpips", "niqe")
+LOWER_IS_BETTER = {"lpips", "niqe"}
+# The paper's Table 1 (PSNR / SSIM / NRQM / LPIPS of LFc-SR), REFERENCE.md section 8, and the
+# bicubic values every SR paper prints: `--reference_points=paper`.
+PAPER_REFERENCE_POINTS = [
+    {"label": "LFc-SR (paper)", "dataset": "Set5", "psnr": 31.79, "ssim": 0.8910, "lpips": 0.0776},
+    {"label": "LFc-SR (paper)", "dataset": "Set14", "psnr": 27.87, "ssim": 0.8282, "lpips": 0.1423},
+    {"label": "LFc-SR (paper)", "dataset": "BSD100", "psnr": 26.84, "ssim": 0.7010, "lpips": 0.187},
+    {"label": "LFc-SR (paper)", "dataset": "Urban100", "psnr": 26.28, "ssim": 0.9636, "lpips": 0.1235},
+    {"label": "LFc-SR (paper)", "dataset": "Manga109", "psnr": 30.20, "ssim": 0.9804, "lpips": 0.0627},
+]
+
+Predictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+class MetricSuite:
+    """The requested metrics that can be computed; `unavailable` maps the others to a reason."""
+
+    def __init__(self, names: Sequence[str], scale: int, lpips_dir: str = "", niqe_params: str = ""):
+        unknown = [n for n in names if n not in METRIC_NAMES]
+        if unknown:
+            raise ValueError(f"--metrics: unknown {unknown}; choose from {list(METRIC_NAMES)}")
+        self.scale = scale
+        self.unavailable: dict[str, str] = {}
+        self._lpips = None
+        self._niqe = None
+        if "lpips" in names:
+            try:
+                from lfcsr_jax import lpips  # pylint: disable=import-outside-toplevel
+
+                self._lpips = lpips.load_scorer(lpips_dir)
+            except metrics.MetricUnavailable as e:
+                self.unavailable["lpips"] = str(e)
+        if "niqe" in names:
+            try:
+                if not niqe_params:
+                    raise metrics.MetricUnavailable(
+                        "NIQE: no pristine model given (--niqe_params=niqe_pris_params.npz or "
+                        "modelparameters.mat of the LIVE NIQE release)")
+                self._niqe = metrics.load_niqe_params(niqe_params)
+            except metrics.MetricUnavailable as e:
+                self.unavailable["niqe"] = str(e)
+        self.names = [n for n in names if n not in self.unavailable]
+
+    def score(self, sr_u8: np.ndarray, hr_u8: np.ndarray, gray: bool = False) -> dict[str, float]:
+        """Metric values of one SR image; `gray`: the HR file is 1-channel (see metrics.py)."""
+        out = {}
+        if "psnr" in self.names:
+            out["psnr"] = metrics.psnr_y(sr_u8, hr_u8, crop=self.scale, gray=gray)
+        if "ssim" in self.names:
+            out["ssim"] = metrics.ssim_y(sr_u8, hr_u8, crop=self.scale, gray=gray)
+        if self._lpips is not None:
+            out["lpips"] = float(self._lpips(sr_u8, hr_u8))
+        if self._niqe is not None:
+            out["niqe"] = metrics.niqe(sr_u8, self._niqe, crop_border=self.scale)
+        return out
+
+
+# ----------------------------------------------------------------------------- data and models
+
+
+def load_dataset(data_dir: str | Path, name: str, scale: int) -> list[dict[str, Any]]:
+    """[{'name', 'lr', 'hr', 'hr_gray'}] (uint8 RGB) of one benchmark; FileNotFoundError if absent.
+
+    'hr_gray' is True when the HR file is single-channel (scored on gray levels, metrics.py).
+    """
+    from lfcsr_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+
+    if not hasattr(input_pipeline, "load_benchmark"):
+        return _load_dataset_fallback(Path(data_dir), name, scale)
+    directory = input_pipeline.find_benchmark(data_dir, name)
+    items = [dict(item) for item in input_pipeline.load_benchmark(directory, scale=scale)]
+    gray_names = _single_channel_names(directory)
+    for item in items:
+        item.setdefault("hr_gray", item["name"] in gray_names)
+    return items
+
+
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _single_channel_names(directory: Path) -> set[str]:
+    """Names (file stem, stem without _HR, index.csv canonical name) of 1-channel HR files."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    from lfcsr_jax import image_io, input_pipeline  # pylint: disable=import-outside-toplevel
+
+    canonical = getattr(input_pipeline, "_canonical_names", lambda d: {})(directory)
+    names: set[str] = set()
+    for sub in ("HR", "hr", "GTmod12", "image_SRF_4", "."):
+        if not (directory / sub).is_dir():
+            continue
+        for path in image_io.list_images(directory / sub):
+            with Image.open(path) as img:  # reads the header only
+                if img.mode in _GRAY_MODES:
+                    names |= {path.stem, path.stem.removesuffix("_HR"), canonical.get(path.name, "")}
+        break
+    return names - {""}
+
+
+def _load_dataset_fallback(data_dir: Path, name: str, scale: int) -> list[dict[str, Any]]:
+    """HR + LR_bicubic/X{scale} (or HR only) under data_dir/name; a private minimal reader."""
+    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.imresize import imresize, modcrop  # pylint: disable=import-outside-toplevel
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    root = data_dir / name
+    if not (root / "HR").is_dir():
+        raise FileNotFoundError(f"dataset {name}: no folder {root / 'HR'}")
+    lr_dir = root / "LR_bicubic" / f"X{scale}"
+    lr_files = {p.stem.lower().replace("_lr", "").removesuffix(f"x{scale}"): p
+                for p in image_io.list_images(lr_dir)} if lr_dir.is_dir() else {}
+    items = []
+    for hr_path in image_io.list_images(root / "HR"):
+        hr = modcrop(image_io.read_image(hr_path), scale)
+        lr_path = lr_files.get(hr_path.stem.lower().replace("_hr", ""))
+        lr = image_io.read_image(lr_path) if lr_path else imresize(hr, 1.0 / scale)
+        if lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:
+            raise ValueError(f"{lr_path}: LR {lr.shape} is not HR {hr.shape} / {scale}")
+        with Image.open(hr_path) as img:
+            gray = img.mode in _GRAY_MODES
+        items.append({"name": hr_path.stem, "lr": lr, "hr": hr, "hr_gray": gray})
+    return items
+
+
+def bicubic_predictor(scale: int) -> Predictor:
+    """MATLAB bicubic upscaling of the uint8 LR (uint8 in -> uint8 out, as in the papers' tables)."""
+    from lfcsr_jax.imresize import imresize  # pylint: disable=import-outside-toplevel
+
+    def predict(lr_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        up = imresize(lr_u8, scale).astype(np.float32)
+        return up, up
+
+    return predict
+
+
+def model_predictor(checkpoint: str | Path, dtype: str = "") -> tuple[Predictor, dict[str, Any]]:
+    """(lr uint8 HxWx3 -> (Y', Y) float32 on the 0-255 scale, model config) from an export."""
+    from lfcsr_jax import super_resolve  # pylint: disable=import-outside-toplevel
+
+    model = super_resolve.load_model(checkpoint, dtype=dtype)
+    return model.predict, model.config
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def evaluate_images(predict: Predictor, images: Sequence[dict[str, Any]], alphas: Sequence[float],
+                    suite: MetricSuite, is_bicubic: bool, progress_label: str = "",
+                    save_dir: Path | None = None) -> dict[str, Any]:
+    """Scores every row (bicubic, then each alpha) of one dataset: {'rows': {label: {metric:
+    mean}}, 'per_image': [{'name', label: {metric: value}}]}."""
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+    bicubic = bicubic_predictor(suite.scale)
+    labels = ["bicubic"] + ([] if is_bicubic else [alpha_label(a) for a in alphas])
+    per_image = []
+    for item in tqdm(images, desc=progress_label, unit="img", leave=False, file=sys.stderr):
+        record: dict[str, Any] = {"name": item["name"]}
+        outputs = {"bicubic": bicubic(item["lr"])[0]}
+        if not is_bicubic:
+            y_objective, y_perceptual = predict(item["lr"])
+            for alpha in alphas:
+                outputs[alpha_label(alpha)] = alpha * y_objective + (1.0 - alpha) * y_perceptual
+        for label, sr in outputs.items():
+            sr_u8 = metrics.quantize(sr)
+            record[label] = suite.score(sr_u8, item["hr"], gray=bool(item.get("hr_gray")))
+            if save_dir is not None:
+                _save_png(save_dir / label.replace("=", "") / f"{item['name']}.png", sr_u8)
+        per_image.append(record)
+    rows = {label: {m: float(np.mean([r[label][m] for r in per_image])) for m in suite.names}
+            for label in labels}
+    return {"rows": rows, "per_image": per_image, "count": len(per_image)}
+
+
+def alpha_label(alpha: float) -> str:
+    return f"alpha={alpha:g}"
+
+
+def _save_png(path: Path, img_u8: np.ndarray) -> None:
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img_u8).save(path)
+
+
+def parse_alphas(text: str) -> list[float]:
+    try:
+        alphas = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--alphas: expected comma-separated numbers, got {text!r}") from None
+    bad = [a for a in alphas if not 0.0 <= a <= 1.0]
+    if not alphas or bad:
+        raise ValueError(f"--alphas: need values in [0, 1], got {text!r}")
+    return sorted(set(alphas))
+
+
+def load_reference_points(spec: str) -> list[dict[str, Any]]:
+    """'' -> none; 'paper' -> the paper's Table 1; else a JSON file: a list of
+    {"label", "dataset", "psnr", and any of "ssim", "lpips", "niqe"}."""
+    if not spec:
+        return []
+    if spec == "paper":
+        return list(PAPER_REFERENCE_POINTS)
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"--reference_points: {path} not found")
+    points = json.loads(path.read_text())
+    if not isinstance(points, list) or not all(
+            isinstance(p, dict) and {"label", "dataset", "psnr"} <= p.keys() for p in points):
+        raise ValueError(f"{path}: expected a JSON list of objects with label, dataset, psnr")
+    return points
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def format_table(results: dict[str, Any], metric_names: Sequence[str]) -> str:
+    """Markdown: one line per (dataset, row) with the mean of each metric."""
+    header = "| dataset | output | images | " + " | ".join(metric_names) + " |"
+    lines = [header, "|" + "---|" * (3 + len(metric_names))]
+    for dataset, result in results.items():
+        for label, row in result["rows"].items():
+            cells = [_fmt(m, row.get(m)) for m in metric_names]
+            lines.append(f"| {dataset} | {_describe(label)} | {result['count']} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _describe(label: str) -> str:
+    return {"alpha=1": "Y' (alpha=1)", "alpha=0": "Y (alpha=0)"}.get(label, label)
+
+
+def _fmt(metric: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}" if metric == "psnr" else f"{value:.4f}"
+
+
+def write_reports(output_dir: Path, results: dict[str, Any], suite: MetricSuite,
+                  info: dict[str, Any], references: list[dict[str, Any]]) -> list[Path]:
+    from lfcsr_jax import diagnostics  # pylint: disable=import-outside-toplevel
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table = format_table(results, suite.names)
+    notes = [f"- {name}: unavailable: {why}" for name, why in suite.unavailable.items()]
+    (output_dir / "table.md").write_text(table + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else ""))
+    with open(output_dir / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["dataset", "output", "images", *suite.names])
+        for dataset, result in results.items():
+            for label, row in result["rows"].items():
+                writer.writerow([dataset, label, result["count"], *[row[m] for m in suite.names]])
+    payload = {"info": info, "unavailable": suite.unavailable, "results": results}
+    (output_dir / "results.json").write_text(json.dumps(payload, indent=1, default=_json_default))
+    written = [output_dir / "table.md", output_dir / "results.csv", output_dir / "results.json"]
+    x_metric = next((m for m in ("lpips", "niqe", "ssim") if m in suite.names), None)
+    if "psnr" in suite.names and x_metric is not None:
+        for dataset, result in results.items():
+            path = output_dir / f"pd_plane_{dataset}.png"
+            diagnostics.plot_pd_plane(result["rows"], path, x_metric=x_metric, title=dataset,
+                                      references=[p for p in references if p["dataset"] == dataset])
+            written.append(path)
+    return written
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+# ----------------------------------------------------------------------------- program
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lfcsr_jax.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", default="", help="export directory (checkpointing.save_export)")
+    p.add_argument("--model", default="lfcsr", choices=("lfcsr", "bicubic"),
+                   help="'bicubic' evaluates MATLAB bicubic upscaling; no checkpoint needed")
+    p.add_argument("--data_dir", required=True, help="folder holding <Set>/HR (+ LR_bicubic/X4)")
+    p.add_argument("--datasets", default=DEFAULT_DATASETS)
+    p.add_argument("--metrics", default="psnr,ssim,lpips,niqe")
+    p.add_argument("--lpips_dir", default="", help="alexnet-owt-7be5be79.pth + v0.1/alex.npz")
+    p.add_argument("--niqe_params", default="", help="niqe_pris_params.npz or modelparameters.mat")
+    p.add_argument("--alphas", default=DEFAULT_ALPHAS, help="blend weights of Y' (1) and Y (0)")
+    p.add_argument("--output_dir", default="", help="where table.md/results.*/plots go ('' = none)")
+    p.add_argument("--save_images", action="store_true", help="also write the SR PNGs")
+    p.add_argument("--reference_points", default="", help="'paper' or a JSON file for the plot")
+    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--dtype", default="", help="compute dtype override, e.g. bfloat16 on GPUs")
+    p.add_argument("--max_images", type=int, default=0, help="first N images per set (0 = all)")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluates and writes the reports; returns {'results', 'table', 'unavailable', 'files'}."""
+    is_bicubic = args.model == "bicubic"
+    if not is_bicubic and not args.checkpoint:
+        raise SystemExit("evaluate: give --checkpoint=EXPORT_DIR or --model=bicubic")
+    alphas = parse_alphas(args.alphas)
+    suite = MetricSuite([m.strip() for m in args.metrics.split(",") if m.strip()], args.scale,
+                        args.lpips_dir, args.niqe_params)
+    for name, why in suite.unavailable.items():
+        print(f"[evaluate] {name} unavailable: {why}", file=sys.stderr)
+    references = load_reference_points(args.reference_points)
+    if is_bicubic:
+        predict, info = bicubic_predictor(args.scale), {"model": "bicubic"}
+    else:
+        predict, model_cfg = model_predictor(args.checkpoint, args.dtype)
+        info = {"model": "lfcsr", "checkpoint": str(Path(args.checkpoint).absolute()),
+                "model_config": model_cfg}
+        if int(model_cfg.get("scale", args.scale)) != args.scale:
+            raise SystemExit(f"evaluate: the export is x{model_cfg['scale']}, --scale={args.scale}")
+    info.update({"alphas": alphas, "metrics": suite.names, "scale": args.scale})
+    results, missing = {}, []
+    save_root = Path(args.output_dir) / "images" if args.save_images and args.output_dir else None
+    start = time.time()
+    for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+        try:
+            images = load_dataset(args.data_dir, name, args.scale)
+        except FileNotFoundError as e:
+            print(f"[evaluate] skipping {name}: not found under {args.data_dir} ({e})", file=sys.stderr)
+            missing.append(name)
+            continue
+        if args.max_images:
+            images = images[: args.max_images]
+        results[name] = evaluate_images(predict, images, alphas, suite, is_bicubic, name,
+                                        save_root / name if save_root else None)
+    if not results:
+        raise SystemExit(f"evaluate: none of the datasets {args.datasets} found under {args.data_dir}")
+    info.update({"missing_datasets": missing, "seconds": round(time.time() - start, 1)})
+    table = format_table(results, suite.names)
+    print(table)
+    files = []
+    if args.output_dir:
+        files = write_reports(Path(args.output_dir), results, suite, info, references)
+    return {"results": results, "table": table, "unavailable": suite.unavailable, "files": files,
+            "missing_datasets": missing}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
