@@ -14,8 +14,10 @@ imported only by the function that needs them.
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import zipfile
 from typing import Any, Mapping
 
 import numpy as np
@@ -142,16 +144,22 @@ def _keras_arrays_from_model(model: Any) -> dict[str, list[np.ndarray]]:
     return arrays
 
 
-def _keras_arrays_from_h5(path: PathLike) -> dict[str, list[np.ndarray]]:
-    """Reads a Keras 2 / legacy .h5 (layer groups by name, full model or weights only) or a
-    Keras 3 .weights.h5 (layers/conv2d, conv2d_1, ... in model order)."""
+def _keras_arrays_from_file(path: PathLike) -> dict[str, list[np.ndarray]]:
+    """Reads a Keras 2 / legacy .h5 (layer groups by name, full model or weights only), a
+    Keras 3 .weights.h5 (layers/conv2d, conv2d_1, ... in model order) or a Keras 3 .keras
+    archive (a zip holding model.weights.h5), without importing Keras."""
     import h5py  # pylint: disable=import-outside-toplevel
 
     where = os.fspath(path)
     try:
-        f = h5py.File(where, "r")
-    except OSError as error:
-        raise ValueError(f"{where}: not a readable HDF5 file ({error})") from error
+        if zipfile.is_zipfile(where):
+            with zipfile.ZipFile(where) as archive:
+                source: Any = io.BytesIO(archive.read("model.weights.h5"))
+        else:
+            source = where
+        f = h5py.File(source, "r")
+    except (OSError, KeyError) as error:
+        raise ValueError(f"{where}: not a readable Keras weights file ({error})") from error
     with f:
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" in root.attrs:
@@ -192,7 +200,9 @@ def _keras_arrays_v3(where: str, layers: Any) -> dict[str, list[np.ndarray]]:
 
 
 def vgg19_params_from_keras(path_or_model: PathLike | Any) -> Params:
-    """keras.applications.VGG19(include_top=False) weights (a model, or a local .h5 file) -> params.
+    """keras.applications.VGG19(include_top=False) weights -> params.
+
+    `path_or_model`: a Keras model, or a local .h5 / .weights.h5 / .keras file.
 
     Keras kernels are already HWIO. The Keras/Caffe weights read BGR input; we reverse the first
     conv's input-channel axis so the params take RGB. The result expects the 'caffe' input
@@ -200,7 +210,7 @@ def vgg19_params_from_keras(path_or_model: PathLike | Any) -> Params:
     """
     if isinstance(path_or_model, (str, os.PathLike)):
         where = os.fspath(path_or_model)
-        raw = _keras_arrays_from_h5(path_or_model)
+        raw = _keras_arrays_from_file(path_or_model)
     else:
         where = "Keras model"
         raw = _keras_arrays_from_model(path_or_model)
@@ -295,8 +305,12 @@ def load_npz_state_dict(path: PathLike) -> dict[str, np.ndarray]:
         raise ValueError(f"{where}: cannot be read as .npz ({error})") from error
 
 
-def save_vgg19_params(path: PathLike, params: Params, input_convention: str) -> None:
-    """Writes params as an .npz with flat keys 'conv1_1/kernel', ... and the input convention."""
+def save_vgg19_params(path: PathLike, params: Params,
+                      input_convention: str = "torchvision") -> None:
+    """Writes params as an .npz with flat keys 'conv1_1/kernel', ... and the input convention.
+
+    Pass input_convention='caffe' for params from `vgg19_params_from_keras`.
+    """
     if input_convention not in INPUT_CONVENTIONS:
         raise ValueError(f"input_convention {input_convention!r} not in {INPUT_CONVENTIONS}")
     flat = {f"{name}/{leaf}": np.asarray(params[name][leaf], np.float32)
@@ -337,13 +351,13 @@ def load_vgg19_weights(path: PathLike) -> tuple[Params, str]:
     """Any supported local VGG19 weights file -> (params, input convention).
 
     .npz: ours (from `save_vgg19_params`) or torchvision keys; .pth/.pt: torchvision state_dict;
-    .safetensors: torchvision keys; .h5: Keras VGG19 (convention 'caffe').
+    .safetensors: torchvision keys; .h5/.keras: Keras VGG19 (convention 'caffe').
     """
     where = os.fspath(path)
     if not os.path.isfile(where):
         raise FileNotFoundError(f"VGG19 weights file not found: {where}")
     suffix = where.lower()
-    if suffix.endswith(".h5"):
+    if suffix.endswith((".h5", ".keras")):
         return vgg19_params_from_keras(where), "caffe"
     if suffix.endswith((".pth", ".pt")):
         return vgg19_params_from_torchvision(load_torch_state_dict(where), where), "torchvision"
@@ -356,4 +370,4 @@ def load_vgg19_weights(path: PathLike) -> tuple[Params, str]:
             return vgg19_params_from_torchvision(flat, where), "torchvision"
         return _vgg19_params_from_npz(where, flat)
     raise ValueError(f"{where}: unknown VGG19 weights format (expected .npz, .pth, .pt, "
-                     ".safetensors or .h5)")
+                     ".safetensors, .h5 or .keras)")

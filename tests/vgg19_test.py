@@ -141,6 +141,10 @@ def test_keras_h5_files(keras_vgg19, tmp_path):
     assert convention == "caffe"
     _check_keras_parity(keras, model, params)
 
+    keras_path = tmp_path / "vgg19.keras"  # Keras 3 whole-model archive (zip)
+    model.save(keras_path)
+    _check_keras_parity(keras, model, vgg_weights.load_vgg19_weights(keras_path)[0])
+
     legacy = pytest.importorskip("keras.src.legacy.saving.legacy_h5_format")
     import h5py  # pylint: disable=import-outside-toplevel
 
@@ -209,6 +213,9 @@ def test_npz_round_trip_and_bad_files(tmp_path):
     garbage.write_bytes(b"not an npz")
     with pytest.raises(ValueError, match="garbage.npz"):
         vgg_weights.load_vgg19_params(garbage)
+    (tmp_path / "garbage.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="garbage.h5"):
+        vgg_weights.load_vgg19_weights(tmp_path / "garbage.h5")
     with pytest.raises(FileNotFoundError, match="absent.npz"):
         vgg_weights.load_vgg19_params(tmp_path / "absent.npz")
 
