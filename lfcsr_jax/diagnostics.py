@@ -1,0 +1,135 @@
+"""Visual diagnostics: the perception-distortion plane, Haar subband views, LL-difference maps.
+
+- `plot_pd_plane`: PSNR (up = better) against a perceptual metric (LPIPS or NIQE, left = better) for
+  the alpha curve Y = alpha Y' + (1 - alpha) Y (paper Eq. 14, Fig. 3), the bicubic point and any
+  reference points (e.g. the paper's Table 1).
+- `save_subband_views`: LL and HH of one Haar level of the luma of Y', Y and HR (paper Fig. 5).
+- `save_ll_difference_maps`: |LL(Y') - LL(HR)| and |LL(Y) - LL(HR)| on one colour scale (Fig. 7);
+  PD-ADMM should make the two maps alike (the LF content of Y follows Y').
+All figures are written with matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from lfcsr_jax import metrics
+
+
+def _pyplot():
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    return plt
+
+
+def _alpha_of(label: str) -> float | None:
+    return float(label.split("=", 1)[1]) if label.startswith("alpha=") else None
+
+
+def plot_pd_plane(rows: Mapping[str, Mapping[str, float]], path: str | Path, x_metric: str = "lpips",
+                  title: str = "", references: Sequence[Mapping[str, Any]] = ()) -> Path:
+    """PSNR vs `x_metric` for rows labelled 'alpha=a' (a curve) and 'bicubic' (a point)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
+    curve = sorted((a, r) for label, r in rows.items() if (a := _alpha_of(label)) is not None)
+    if curve:
+        xs = [r[x_metric] for _, r in curve]
+        ys = [r["psnr"] for _, r in curve]
+        ax.plot(xs, ys, "o-", color="tab:blue", label="alpha Y' + (1 - alpha) Y")
+        for (alpha, _), x, y in zip(curve, xs, ys):
+            if alpha in (0.0, 0.5, 1.0):
+                name = {0.0: "Y (alpha=0)", 1.0: "Y' (alpha=1)"}.get(alpha, f"alpha={alpha:g}")
+                ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if "bicubic" in rows:
+        ax.plot(rows["bicubic"][x_metric], rows["bicubic"]["psnr"], "s", color="gray", label="bicubic")
+    for point in references:
+        if x_metric in point:
+            ax.plot(point[x_metric], point["psnr"], "*", markersize=11, label=point["label"])
+    ax.set_xlabel(f"{x_metric.upper()} ({'higher' if x_metric == 'ssim' else 'lower'} is better)")
+    ax.set_ylabel("PSNR-Y (dB)")
+    ax.set_title(f"Perception-distortion plane {title}".strip())
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def haar_bands_of_luma(img: np.ndarray) -> dict[str, np.ndarray]:
+    """One orthonormal Haar level of the BT.601 luma (float64): {'LL','HL','LH','HH'} at half size.
+
+    Same band convention as wavelets.py (a = top-left, b = bottom-left, c = top-right, d = bottom-right).
+    """
+    y = metrics.rgb_to_y(np.asarray(img, dtype=np.float64))
+    y = y[: y.shape[0] // 2 * 2, : y.shape[1] // 2 * 2]
+    a, b, c, d = y[0::2, 0::2], y[1::2, 0::2], y[0::2, 1::2], y[1::2, 1::2]
+    return {"LL": (a + b + c + d) / 2, "HL": (-a - b + c + d) / 2, "LH": (-a + b - c + d) / 2,
+            "HH": (a - b - c + d) / 2}
+
+
+def save_subband_views(images: Mapping[str, np.ndarray], path: str | Path, title: str = "") -> Path:
+    """A grid: one row per image (e.g. Y', Y, HR), columns LL (gray) and |HH| (shared scale)."""
+    plt = _pyplot()
+    bands = {name: haar_bands_of_luma(img) for name, img in images.items()}
+    hh_max = max(float(np.percentile(np.abs(b["HH"]), 99.5)) for b in bands.values()) or 1.0
+    fig, axes = plt.subplots(len(bands), 2, figsize=(6, 3 * len(bands)), dpi=110, squeeze=False)
+    for row, (name, b) in enumerate(bands.items()):
+        axes[row, 0].imshow(b["LL"] / 2, cmap="gray", vmin=0, vmax=255)  # LL / 2 = 2x2 mean
+        axes[row, 0].set_title(f"{name}: LL", fontsize=9)
+        axes[row, 1].imshow(np.abs(b["HH"]), cmap="magma", vmin=0, vmax=hh_max)
+        axes[row, 1].set_title(f"{name}: |HH|", fontsize=9)
+        for ax in axes[row]:
+            ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def ll_difference_maps(outputs: Mapping[str, np.ndarray], hr: np.ndarray) -> dict[str, np.ndarray]:
+    """|LL(output) - LL(HR)| of the luma for each output (float64, half resolution)."""
+    ll_hr = haar_bands_of_luma(hr)["LL"]
+    return {name: np.abs(haar_bands_of_luma(img)["LL"] - ll_hr) for name, img in outputs.items()}
+
+
+def save_ll_difference_maps(outputs: Mapping[str, np.ndarray], hr: np.ndarray, path: str | Path,
+                            title: str = "") -> Path:
+    """Side-by-side LL-difference maps against HR on one colour scale, with their means."""
+    plt = _pyplot()
+    maps = ll_difference_maps(outputs, hr)
+    vmax = max(float(np.percentile(m, 99.5)) for m in maps.values()) or 1.0
+    fig, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 4), dpi=110, squeeze=False)
+    for ax, (name, m) in zip(axes[0], maps.items()):
+        im = ax.imshow(m, cmap="inferno", vmin=0, vmax=vmax)
+        ax.set_title(f"|LL({name}) - LL(HR)|, mean {m.mean():.2f}", fontsize=9)
+        ax.axis("off")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, plt, path)
+
+
+def _save(fig, plt, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def save_image_diagnostics(name: str, y_objective: np.ndarray, y_perceptual: np.ndarray,
+                           hr: np.ndarray, out_dir: str | Path) -> list[Path]:
+    """Both figures for one image (uint8-quantised outputs): <name>_subbands.png, <name>_ll_diff.png."""
+    out_dir = Path(out_dir)
+    q_o, q_p = metrics.quantize(y_objective), metrics.quantize(y_perceptual)
+    return [
+        save_subband_views({"Y'": q_o, "Y": q_p, "HR": hr}, out_dir / f"{name}_subbands.png", name),
+        save_ll_difference_maps({"Y'": q_o, "Y": q_p}, hr, out_dir / f"{name}_ll_diff.png", name),
+    ]

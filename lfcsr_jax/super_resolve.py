@@ -1,0 +1,322 @@
+"""Super-resolve image files with an LFc-SR export.
+
+  python -m lfcsr_jax.super_resolve --checkpoint=EXPORT_DIR INPUT... --output=OUT_DIR \
+      [--alpha=0] [--tile=0] [--tile_overlap=32] [--dtype=float32|bfloat16] [--format=png|npy]
+
+INPUT: image files and/or folders of images (not recursive). Grayscale, gray+alpha, palette, RGBA
+(alpha dropped) and 16-bit images are read as RGB uint8 (image_io.py); outputs are always RGB.
+--alpha blends the two stages: 0 = the perceptual output Y (the model's final output, default),
+1 = the objective output Y', in between alpha Y' + (1 - alpha) Y.
+--format png: clamped to [0, 255] and rounded; npy: float32 on the 0-255 scale, unquantised.
+--output: a folder (files are named <stem>_x4.<format>), or a file path ending in .png/.npy when
+there is exactly one input image. Refuses to write over any input.
+
+Tiling (--tile=T > 0, in LR pixels): the LR image is cut into T x T tiles whose neighbours overlap
+by --tile_overlap = O pixels; every tile's output gets a weight that is 0 in the outer O/4 of each
+cut edge (the pixels a cut disturbs most), ramps linearly to 1 over the next O/2, and is 1 inside;
+the weighted outputs are divided by the summed weights (a partition of unity, so no seams). For a
+purely local network whose receptive-field radius is <= O/4 LR pixels this is exactly the untiled
+result. LFc-SR is not purely local: HAN's channel attention (a global average pool in every RCAB)
+and its layer attention (a Gram matrix over all positions) see the whole tile, so tiled outputs
+differ slightly from untiled ones (measured on a random tiny model: max 0.01 on the 0-255 scale
+with a large overlap). Hence two modes:
+  --tile_mode=both (default): both stages per LR tile; approximate for the reason above.
+  --tile_mode=perceptual: G_O runs on the whole image (its global attention sees everything), and
+    only G_P, which is purely local (convolutions and PReLU on the Haar bands) and the larger
+    memory consumer, is tiled over Y' (tile and overlap still in LR pixels). Exact (float
+    rounding aside) when overlap/4 >= G_P's receptive-field radius, `perceptual_receptive_radius`
+    (about 47 LR pixels for the paper's 15 blocks, so --tile_overlap >= 188).
+A tile larger than the image is exactly the untiled computation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+OUTPUT_FORMATS = ("png", "npy")
+
+
+class SuperResolveError(ValueError):
+    """A bad input, checkpoint or output choice; the message names the file."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """An export ready to run: `predict(lr HxWx3 uint8/float 0-255) -> (Y', Y)` float32 HxWx3."""
+
+    config: dict[str, Any]
+    params: Any
+    apply_fn: Callable[[Any, Any], tuple[Any, Any]]  # jitted (params, lr_1xhxwx3) -> (y_o, y_p)
+    objective_fn: Callable[[Any, Any], Any]  # jitted (params['objective'], lr) -> y_o
+    perceptual_fn: Callable[[Any, Any], Any]  # jitted (params['perceptual'], y_o) -> y_p
+
+    @property
+    def scale(self) -> int:
+        return int(self.config["scale"])
+
+    def predict(self, lr_hxwx3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lr = np.asarray(lr_hxwx3, dtype=np.float32)[None]
+        y_objective, y_perceptual = self.apply_fn(self.params, lr)
+        return (np.asarray(y_objective[0], dtype=np.float32),
+                np.asarray(y_perceptual[0], dtype=np.float32))
+
+    def objective(self, lr_hxwx3: np.ndarray) -> np.ndarray:
+        """Y' = G_O(lr) alone, float32 HxWx3."""
+        y = self.objective_fn(self.params["objective"], np.asarray(lr_hxwx3, np.float32)[None])
+        return np.asarray(y[0], dtype=np.float32)
+
+    def perceptual(self, y_objective_hxwx3: np.ndarray) -> np.ndarray:
+        """Y = G_P(Y') alone, float32 HxWx3 (H, W even)."""
+        y = self.perceptual_fn(self.params["perceptual"],
+                               np.asarray(y_objective_hxwx3, np.float32)[None])
+        return np.asarray(y[0], dtype=np.float32)
+
+
+def perceptual_receptive_radius(model_cfg: dict[str, Any]) -> int:
+    """G_P's receptive-field radius in LR pixels (rounded up) from the config.
+
+    At HR/2 (Haar bands): stem + expand + 6 chained 3x3 convs per Res-clique block
+    (ll1 -> lh1 -> hh1 -> hh2 -> hl2 -> ll2) + tail, 1 pixel each; x2 for HR, +2 for the Haar
+    block alignment of the DWT and inverse DWT; / scale for LR.
+    """
+    convs = 2 + 6 * int(model_cfg["clique_blocks"]) + 1
+    hr_radius = 2 * convs + 2
+    return -(-hr_radius // int(model_cfg["scale"]))
+
+
+def load_model(checkpoint: str | Path, dtype: str = "") -> LoadedModel:
+    """Reads an export (checkpointing.save_export) and jits the two-stage forward.
+
+    `dtype` overrides the compute dtype of the export's config ('float32', 'bfloat16'); params
+    stay float32 and the outputs are returned as float32. Each new input shape compiles once.
+    """
+    import jax  # pylint: disable=import-outside-toplevel
+
+    from lfcsr_jax import checkpointing  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.models import generator  # pylint: disable=import-outside-toplevel
+
+    path = Path(checkpoint)
+    if not str(checkpoint) or not path.exists():
+        raise SuperResolveError(f"checkpoint {str(checkpoint)!r} does not exist (pass an export "
+                                "directory written by save_export / the training program)")
+    try:
+        model_cfg, params = checkpointing.load_export(path)
+    except checkpointing.CheckpointError as e:
+        raise SuperResolveError(f"checkpoint {path}: {e}") from e
+    model_cfg = dict(model_cfg)
+    if dtype:
+        model_cfg["dtype"] = dtype
+    model = generator.build_lfcsr(model_cfg)
+    objective = generator.build_objective(model_cfg)
+    perceptual = generator.build_perceptual(model_cfg)
+
+    def apply(p, lr_1xhxwx3):
+        y_objective, y_perceptual = model.apply({"params": p}, lr_1xhxwx3)
+        return y_objective.astype("float32"), y_perceptual.astype("float32")
+
+    def apply_objective(p, lr_1xhxwx3):
+        return objective.apply({"params": p}, lr_1xhxwx3).astype("float32")
+
+    def apply_perceptual(p, y_1xHxWx3):
+        return perceptual.apply({"params": p}, y_1xHxWx3).astype("float32")
+
+    return LoadedModel(model_cfg, jax.device_put(params), jax.jit(apply), jax.jit(apply_objective),
+                       jax.jit(apply_perceptual))
+
+
+# ----------------------------------------------------------------------------- tiling
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles covering [0, length): stride tile - overlap, last one flush with the end."""
+    if tile <= 0 or tile >= length:
+        return [0]
+    if not 0 <= overlap < tile:
+        raise SuperResolveError(f"--tile_overlap={overlap} must be >= 0 and < --tile={tile}")
+    starts = list(range(0, length - tile, tile - overlap)) + [length - tile]
+    return sorted(set(starts))
+
+
+def _axis_weights(start: int, size: int, length: int, overlap: int, scale: int) -> np.ndarray:
+    """HR blending weights of one tile along one axis: 0 over the outer overlap/4 of a cut edge,
+    a linear ramp over the next overlap/2, 1 elsewhere (image borders are not cut edges)."""
+    n = size * scale
+    centres = np.arange(n, dtype=np.float64) + 0.5
+    margin, ramp = overlap * scale / 4.0, max(overlap * scale / 2.0, 1.0)
+    weights = np.ones(n)
+    if start > 0:
+        weights = np.minimum(weights, np.clip((centres - margin) / ramp, 0.0, 1.0))
+    if start + size < length:
+        weights = np.minimum(weights, np.clip((n - centres - margin) / ramp, 0.0, 1.0))
+    return weights
+
+
+def tiled_apply(fn: Callable[[np.ndarray], np.ndarray], lr_hxwxc: np.ndarray, scale: int,
+                tile: int = 0, overlap: int = 32) -> np.ndarray:
+    """`fn` (LR tile -> x`scale` output tile) over overlapping tiles, blended (module docstring).
+
+    tile <= 0, or a tile covering the image, calls `fn` once on the whole image.
+    """
+    h, w = lr_hxwxc.shape[:2]
+    rows, cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    if len(rows) == 1 and len(cols) == 1:
+        return np.asarray(fn(lr_hxwxc), dtype=np.float32)
+    th, tw = min(tile, h), min(tile, w)
+    out, total = None, np.zeros((h * scale, w * scale, 1), np.float64)
+    for top in rows:
+        wy = _axis_weights(top, th, h, overlap, scale)
+        for left in cols:
+            wx = _axis_weights(left, tw, w, overlap, scale)
+            piece = np.asarray(fn(lr_hxwxc[top:top + th, left:left + tw]), dtype=np.float64)
+            if out is None:
+                out = np.zeros((h * scale, w * scale, piece.shape[-1]), np.float64)
+            weight = (wy[:, None] * wx[None, :])[..., None]
+            ys, xs = slice(top * scale, (top + th) * scale), slice(left * scale, (left + tw) * scale)
+            out[ys, xs] += weight * piece
+            total[ys, xs] += weight
+    return (out / total).astype(np.float32)
+
+
+TILE_MODES = ("both", "perceptual")
+
+
+def super_resolve_array(model: LoadedModel, lr_hxwx3: np.ndarray, alpha: float = 0.0,
+                        tile: int = 0, overlap: int = 32, tile_mode: str = "both") -> np.ndarray:
+    """alpha Y' + (1 - alpha) Y of one LR image (float32 HxWx3 on the 0-255 scale, unclipped)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise SuperResolveError(f"--alpha={alpha} must lie in [0, 1]")
+    if tile_mode not in TILE_MODES:
+        raise SuperResolveError(f"--tile_mode={tile_mode}: choose one of {TILE_MODES}")
+    if tile_mode == "perceptual":
+        y_objective = model.objective(lr_hxwx3)
+        if alpha == 1.0:
+            return y_objective
+        s = model.scale  # tiles on the HR grid, aligned to LR pixels (so to the Haar 2x2 blocks)
+        y_perceptual = tiled_apply(model.perceptual, y_objective, 1, tile * s, overlap * s)
+        return alpha * y_objective + (1.0 - alpha) * y_perceptual
+
+    def blended(lr_tile: np.ndarray) -> np.ndarray:
+        y_objective, y_perceptual = model.predict(lr_tile)
+        return alpha * y_objective + (1.0 - alpha) * y_perceptual
+
+    return tiled_apply(blended, lr_hxwx3, model.scale, tile, overlap)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def collect_inputs(inputs: Sequence[str]) -> list[Path]:
+    """Image files named directly or found (by suffix) in the given folders."""
+    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(image_io.list_images(path))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise SuperResolveError(f"input {item}: no such file or folder")
+    if not files:
+        raise SuperResolveError("no input images given")
+    return files
+
+
+def plan_outputs(files: Sequence[Path], output: str, fmt: str, scale: int) -> list[Path]:
+    """Output path per input; errors for name clashes and for outputs that are inputs."""
+    if fmt not in OUTPUT_FORMATS:
+        raise SuperResolveError(f"--format={fmt}: choose one of {OUTPUT_FORMATS}")
+    out = Path(output)
+    if not output:
+        raise SuperResolveError("--output is required (a folder, or a .png/.npy file for one input)")
+    if out.suffix.lower() in (".png", ".npy"):
+        if len(files) != 1:
+            raise SuperResolveError(f"--output={out} is a single file but {len(files)} inputs were given")
+        if out.suffix.lower() != f".{fmt}":
+            raise SuperResolveError(f"--output={out} does not end with .{fmt} (--format={fmt})")
+        targets = [out]
+    else:
+        if out.exists() and not out.is_dir():
+            raise SuperResolveError(f"--output={out} exists and is not a folder")
+        targets = [out / f"{f.stem}_x{scale}.{fmt}" for f in files]
+    resolved_inputs = {f.resolve() for f in files}
+    seen: set[Path] = set()
+    for source, target in zip(files, targets):
+        if target.resolve() in resolved_inputs:
+            raise SuperResolveError(f"output {target} would overwrite the input {target}")
+        if target.resolve() in seen:
+            raise SuperResolveError(f"two inputs would both be written to {target} (input {source})")
+        seen.add(target.resolve())
+    return targets
+
+
+def write_output(path: Path, sr_hxwx3: np.ndarray, fmt: str) -> None:
+    from lfcsr_jax import image_io, metrics  # pylint: disable=import-outside-toplevel
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "npy":
+        np.save(path, np.asarray(sr_hxwx3, dtype=np.float32))
+    else:
+        image_io.write_png(path, metrics.quantize(sr_hxwx3))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lfcsr_jax.super_resolve",
+                                description="Super-resolve images with an LFc-SR export.")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    p.add_argument("--checkpoint", required=True, help="export directory")
+    p.add_argument("--output", required=True, help="output folder, or one .png/.npy file")
+    p.add_argument("--alpha", type=float, default=0.0, help="0 = perceptual Y, 1 = objective Y'")
+    p.add_argument("--tile", type=int, default=0, help="LR tile size (0 = whole image)")
+    p.add_argument("--tile_overlap", type=int, default=32, help="LR pixels shared by neighbours")
+    p.add_argument("--tile_mode", default="both", choices=TILE_MODES,
+                   help="both: tile both stages (approximate); perceptual: tile only G_P (exact)")
+    p.add_argument("--dtype", default="", help="compute dtype override: float32 | bfloat16")
+    p.add_argument("--format", default="png", choices=OUTPUT_FORMATS)
+    return p
+
+
+def run(args: argparse.Namespace) -> list[Path]:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise SuperResolveError(f"--alpha={args.alpha} must lie in [0, 1]")
+    if args.tile < 0 or args.tile_overlap < 0 or (args.tile and args.tile_overlap >= args.tile):
+        raise SuperResolveError(f"need --tile >= 0 and 0 <= --tile_overlap < --tile, got "
+                                f"{args.tile}, {args.tile_overlap}")
+    files = collect_inputs(args.inputs)
+    model = load_model(args.checkpoint, args.dtype)
+    targets = plan_outputs(files, args.output, args.format, model.scale)
+    radius = perceptual_receptive_radius(model.config)
+    if args.tile and args.tile_mode == "perceptual" and args.tile_overlap < 4 * radius:
+        print(f"[super_resolve] note: --tile_overlap={args.tile_overlap} < 4 x G_P's receptive "
+              f"radius ({radius} LR px): tiles are not exact", file=sys.stderr)
+    for source, target in tqdm(list(zip(files, targets)), unit="img", file=sys.stderr):
+        try:
+            lr = image_io.read_image(source)
+        except image_io.ImageReadError as e:
+            raise SuperResolveError(str(e)) from e
+        sr = super_resolve_array(model, lr, args.alpha, args.tile, args.tile_overlap, args.tile_mode)
+        write_output(target, sr, args.format)
+    return targets
+
+
+def main(argv: Sequence[str] | None = None) -> list[Path]:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except SuperResolveError as e:
+        raise SystemExit(f"super_resolve: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
