@@ -205,36 +205,45 @@ def _required(input_cfg: Any, field: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class _Packed:
-    """One resolution of all images as a (pixels, 3) buffer plus per-image offset/height/width."""
+    """One resolution of all images stacked row-wise into a (rows, max width, 3) buffer.
 
-    pixels_Nx3: np.ndarray
-    offset_I: np.ndarray
-    height_I: np.ndarray
-    width_I: np.ndarray
-
-
-def _pack(images: Sequence[np.ndarray]) -> _Packed:
-    sizes = np.array([im.shape[0] * im.shape[1] for im in images], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    pixels = np.concatenate([im.reshape(-1, 3) for im in images], axis=0)
-    return _Packed(pixels, offsets, np.array([im.shape[0] for im in images], np.int64),
-                   np.array([im.shape[1] for im in images], np.int64))
-
-
-def _patch_indices(tf, packed: dict, image, top, left, size: int, flips):
-    """Flat pixel indices of a size x size crop at (top, left), flipped/transposed by `flips`.
-
-    The augmented patch is transpose?(vflip?(hflip?(crop))): output pixel (a, b) reads crop pixel
-    (r, c) with (r, c) = (b, a) if transposed, then r -> size-1-r if vflip, c -> size-1-c if hflip.
+    Portrait images are stored transposed, so that DIV2K (long side 2040) wastes almost no
+    padding; a crop is then a plain 2-D slice (much cheaper than a per-pixel gather).
     """
+
+    pixels_RxWx3: np.ndarray
+    row0_I: np.ndarray  # first buffer row of each image.
+    height_I: np.ndarray  # original (un-transposed) height and width.
+    width_I: np.ndarray
+    transposed_I: np.ndarray  # stored transposed.
+
+
+def _pack(images: Sequence[np.ndarray], transposed_I: np.ndarray) -> _Packed:
+    stored = [im.transpose(1, 0, 2) if t else im for im, t in zip(images, transposed_I)]
+    rows = np.array([im.shape[0] for im in stored], np.int64)
+    pixels = np.zeros((int(rows.sum()), max(im.shape[1] for im in stored), 3), np.uint8)
+    row0 = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
+    for start, im in zip(row0, stored):
+        pixels[start: start + im.shape[0], : im.shape[1]] = im
+    return _Packed(pixels, row0, np.array([im.shape[0] for im in images], np.int64),
+                   np.array([im.shape[1] for im in images], np.int64), np.asarray(transposed_I))
+
+
+def _crop(tf, packed: dict, image, top, left, size: int):
+    """size x size x 3 crop at (top, left) of image `image` (original orientation)."""
+    transposed = packed["transposed"][image]
+    row = packed["row0"][image] + tf.where(transposed, left, top)
+    col = tf.where(transposed, top, left)
+    patch = tf.slice(packed["pixels"], tf.stack([row, col, 0]), [size, size, 3])
+    return tf.cond(transposed, lambda: tf.transpose(patch, [1, 0, 2]), lambda: patch)
+
+
+def _augment(tf, patch_HxWxC, flips):
+    """transpose?(vflip?(hflip?(patch))): the same `flips` for LR and HR keep them aligned."""
     hflip, vflip, transpose = flips[0], flips[1], flips[2]
-    a = tf.range(size, dtype=tf.int64)[:, None] + tf.zeros([1, size], tf.int64)
-    b = tf.transpose(a)
-    rows = tf.where(transpose, b, a)
-    cols = tf.where(transpose, a, b)
-    rows = tf.where(vflip, size - 1 - rows, rows)
-    cols = tf.where(hflip, size - 1 - cols, cols)
-    return packed["offset"][image] + (top + rows) * packed["width"][image] + left + cols
+    patch_HxWxC = tf.cond(hflip, lambda: tf.reverse(patch_HxWxC, [1]), lambda: patch_HxWxC)
+    patch_HxWxC = tf.cond(vflip, lambda: tf.reverse(patch_HxWxC, [0]), lambda: patch_HxWxC)
+    return tf.cond(transpose, lambda: tf.transpose(patch_HxWxC, [1, 0, 2]), lambda: patch_HxWxC)
 
 
 def _example_fn(tf, hr: dict, lr: dict, num_images: int, seed: int, lr_patch: int, scale: int):
@@ -256,9 +265,9 @@ def _example_fn(tf, hr: dict, lr: dict, num_images: int, seed: int, lr_patch: in
         left = tf.random.stateless_uniform([], keys[1], 0, lr["width"][image] - lr_patch + 1,
                                            dtype=tf.int64)
         flips = tf.random.stateless_uniform([3], keys[2]) < 0.5  # hflip, vflip, transpose.
-        lr_idx = _patch_indices(tf, lr, image, top, left, lr_patch, flips)
-        hr_idx = _patch_indices(tf, hr, image, top * scale, left * scale, lr_patch * scale, flips)
-        return {"lr": tf.gather(lr["pixels"], lr_idx), "hr": tf.gather(hr["pixels"], hr_idx)}
+        lr_patch_PxPx3 = _crop(tf, lr, image, top, left, lr_patch)
+        hr_patch_SPxSPx3 = _crop(tf, hr, image, top * scale, left * scale, lr_patch * scale)
+        return {"lr": _augment(tf, lr_patch_PxPx3, flips), "hr": _augment(tf, hr_patch_SPxSPx3, flips)}
 
     return example
 
@@ -266,9 +275,9 @@ def _example_fn(tf, hr: dict, lr: dict, num_images: int, seed: int, lr_patch: in
 def _to_tf(tf, packed: _Packed) -> dict:
     # A variable is captured by handle, so the (possibly multi-GB) pixels are never serialised
     # into the tf.data graph, and never copied per element.
-    return {"pixels": tf.Variable(packed.pixels_Nx3, trainable=False),
-            "offset": tf.constant(packed.offset_I), "height": tf.constant(packed.height_I),
-            "width": tf.constant(packed.width_I)}
+    return {"pixels": tf.Variable(packed.pixels_RxWx3, trainable=False),
+            "row0": tf.constant(packed.row0_I), "height": tf.constant(packed.height_I),
+            "width": tf.constant(packed.width_I), "transposed": tf.constant(packed.transposed_I)}
 
 
 def make_train_dataset(images: Sequence[ImagePair], *, scale: int, lr_patch: int,
@@ -284,9 +293,10 @@ def make_train_dataset(images: Sequence[ImagePair], *, scale: int, lr_patch: int
     if not images:
         raise ValueError("no training images")
     local = global_batch_size // process_count
-    example = _example_fn(tf, _to_tf(tf, _pack([im.hr for im in images])),
-                          _to_tf(tf, _pack([im.lr for im in images])), len(images), seed,
-                          lr_patch, scale)
+    portrait_I = np.array([im.hr.shape[0] > im.hr.shape[1] for im in images])
+    example = _example_fn(tf, _to_tf(tf, _pack([im.hr for im in images], portrait_I)),
+                          _to_tf(tf, _pack([im.lr for im in images], portrait_I)), len(images),
+                          seed, lr_patch, scale)
 
     def global_index(n):  # n-th example of this process -> global example index.
         return (n // local) * global_batch_size + process_index * local + n % local

@@ -98,6 +98,21 @@ def test_augmentation_is_joint_and_covers_all_eight(tmp_path):
     assert len(seen) == 8
 
 
+def test_patches_are_scale_aligned_crops_of_portrait_and_landscape_images(tmp_path):
+    folder = _folder(tmp_path / "orient", [(48, 32), (32, 44)], seed=11)
+    fulls = [image_io.read_image(folder / f"000{i}.png") for i in range(2)]
+    batches = _take(input_pipeline.create_train_iterator(_cfg(hr_dir=str(folder)), 4, 8, 4), 2)
+    sources = set()
+    for hr in np.concatenate([b["hr"] for b in batches]):
+        found = [(k, top, left) for k, full in enumerate(fulls)
+                 for top in range(0, full.shape[0] - 31, 4) for left in range(0, full.shape[1] - 31, 4)
+                 for f in itertools.product([False, True], repeat=3)
+                 if np.array_equal(hr, _d8(full[top:top + 32, left:left + 32], *f))]
+        assert found, "patch is not a D8 transform of any scale-aligned crop"
+        sources.add(found[0][0])
+    assert sources == {0, 1}
+
+
 def test_same_seed_same_stream_other_seed_other_stream(hr_folder):
     cfg = _cfg(hr_dir=str(hr_folder))
     a = _take(input_pipeline.create_train_iterator(cfg, 4, 4, seed=5), 3)
