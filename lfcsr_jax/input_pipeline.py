@@ -14,6 +14,7 @@ buffer: the flips and the transpose only permute the gathered pixel indices.
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import dataclasses
 import logging
@@ -96,15 +97,18 @@ def _file_key(path: Path) -> tuple[str, int, int]:
     return (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
 
+def _pair_from_hr_file(path: Path, scale: int) -> ImagePair:
+    hr = image_io.read_image(path)
+    if min(hr.shape[:2]) < scale:
+        raise ValueError(f"{path}: {hr.shape[1]}x{hr.shape[0]} is smaller than the scale {scale}")
+    pair = lr_from_hr(hr, scale, key=_file_key(path))
+    return dataclasses.replace(pair, name=path.stem, origin=str(path))
+
+
 def _pairs_from_hr_files(paths: Sequence[Path], scale: int) -> list[ImagePair]:
-    hrs = image_io.read_images(paths)
-    pairs = []
-    for path, hr in zip(paths, hrs):
-        if min(hr.shape[:2]) < scale:
-            raise ValueError(f"{path}: {hr.shape[1]}x{hr.shape[0]} is smaller than the scale {scale}")
-        pair = lr_from_hr(hr, scale, key=_file_key(path))
-        pairs.append(dataclasses.replace(pair, name=path.stem, origin=str(path)))
-    return pairs
+    """Decode + imresize in threads (PIL's inflate and numpy's BLAS release the GIL)."""
+    with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda p: _pair_from_hr_file(p, scale), paths))
 
 
 def _pair_key(stem: str, scale: int) -> str:
