@@ -271,7 +271,8 @@ def _example_fn(tf, hr: dict, lr: dict, num_images: int, seed: int, lr_patch: in
         flips = tf.random.stateless_uniform([3], keys[2]) < 0.5  # hflip, vflip, transpose.
         lr_patch_PxPx3 = _crop(tf, lr, image, top, left, lr_patch)
         hr_patch_SPxSPx3 = _crop(tf, hr, image, top * scale, left * scale, lr_patch * scale)
-        return {"lr": _augment(tf, lr_patch_PxPx3, flips), "hr": _augment(tf, hr_patch_SPxSPx3, flips)}
+        return {"lr": _augment(tf, lr_patch_PxPx3, flips),
+                "hr": _augment(tf, hr_patch_SPxSPx3, flips)}
 
     return example
 
@@ -302,12 +303,15 @@ def make_train_dataset(images: Sequence[ImagePair], *, scale: int, lr_patch: int
                           _to_tf(tf, _pack([im.lr for im in images], portrait_I)), len(images),
                           seed, lr_patch, scale)
 
-    def global_index(n):  # n-th example of this process -> global example index.
-        return (n // local) * global_batch_size + process_index * local + n % local
+    @tf.autograph.experimental.do_not_convert  # plain TF ops; nothing for autograph to rewrite.
+    def local_example(n):
+        # This process' n-th example is slot process_index * local + n % local of global step
+        # n // local: the processes' shards are disjoint and together form each global batch.
+        step, slot = n // local, process_index * local + n % local
+        return example(step * global_batch_size + slot)
 
     ds = tf.data.Dataset.range(start_step * local, 2**62)
-    ds = ds.map(lambda n: example(global_index(n)), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
+    ds = ds.map(local_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True)
     return ds.prefetch(prefetch)
