@@ -102,7 +102,8 @@ def list_images(directory: str | os.PathLike) -> list[Path]:
     """Image files in `directory` (by suffix, sorted); a clear error if missing or empty."""
     directory = Path(directory)
     if not str(directory) or not directory.is_dir():
-        raise FileNotFoundError(f"image folder {str(directory)!r} does not exist or is not a folder")
+        raise FileNotFoundError(
+            f"image folder {str(directory)!r} does not exist or is not a folder")
     files = sorted(p for p in directory.iterdir()
                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:

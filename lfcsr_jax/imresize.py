@@ -1,11 +1,12 @@
 """MATLAB-exact bicubic `imresize`, as the SR field makes its low-resolution images.
 
 MATLAB's `imresize(I, s, 'bicubic')` (facts in ../shared/design/ECOSYSTEM.md "Resizing"):
-Keys cubic with a = -0.5; when shrinking, the kernel is widened by 1/s (antialiasing, 16 + 2 taps at
-x1/4); output pixel x (1-based) samples input position u = x/s + 0.5 (1 - 1/s); weights are normalised
-per output pixel; out-of-range taps are mirrored (symmetric padding); separable, the dimension with
-the smaller scale first (rows for equal scales). uint8 input is rounded half away from zero and
-clipped to [0, 255] after EACH 1-D pass; float input stays float (the caller rounds).
+Keys cubic with a = -0.5; when shrinking, the kernel is widened by 1/s (antialiasing, 16 + 2
+taps at x1/4); output pixel x (1-based) samples input position u = x/s + 0.5 (1 - 1/s); weights
+are normalised per output pixel; out-of-range taps are mirrored (symmetric padding); separable,
+the dimension with the smaller scale first (rows for equal scales). uint8 input is rounded half
+away from zero and clipped to [0, 255] after EACH 1-D pass; float input stays float (the caller
+rounds).
 
 Each 1-D pass is a dense (out, in) weight matrix applied with einsum; the matrices are cached by
 (in_size, out_size, scale), so resizing many same-sized images costs one matrix product per pass.
@@ -105,7 +106,7 @@ def imresize(image: np.ndarray, scale: float | None, *,
 
 
 def imresize_jax(x_BxHxWxC: jnp.ndarray, scale: float) -> jnp.ndarray:
-    """Float bicubic resize inside jit: the same matrices as `imresize`, as constants; no rounding."""
+    """Float bicubic resize inside jit: `imresize`'s matrices as constants; no rounding."""
     if not jnp.issubdtype(x_BxHxWxC.dtype, jnp.floating):
         x_BxHxWxC = x_BxHxWxC.astype(jnp.float32)
     height, width = x_BxHxWxC.shape[1:3]

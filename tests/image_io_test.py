@@ -13,6 +13,10 @@ def _gray(h: int = 6, w: int = 5) -> np.ndarray:
     return (np.arange(h * w).reshape(h, w) * 7 % 256).astype(np.uint8)
 
 
+def _noise(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+
+
 def test_rgb_png_round_trips(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 256, (6, 5, 3)).astype(np.uint8)
     image_io.write_png(tmp_path / "a" / "x.png", rgb)
@@ -74,7 +78,7 @@ def test_16bit_rgb_keeps_full_precision(tmp_path):
 def test_corrupt_file_names_the_file(tmp_path):
     path = tmp_path / "corrupt.png"
     good = tmp_path / "good.png"
-    image_io.write_png(good, np.random.default_rng(2).integers(0, 256, (64, 64, 3)).astype(np.uint8))
+    image_io.write_png(good, _noise(2))
     data = bytearray(good.read_bytes())
     data[60:200] = bytes(140)  # zero the compressed stream after the header.
     path.write_bytes(bytes(data))
@@ -84,7 +88,7 @@ def test_corrupt_file_names_the_file(tmp_path):
 
 def test_truncated_file_names_the_file(tmp_path):
     good = tmp_path / "good.png"
-    image_io.write_png(good, np.random.default_rng(3).integers(0, 256, (64, 64, 3)).astype(np.uint8))
+    image_io.write_png(good, _noise(3))
     path = tmp_path / "truncated.png"
     path.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
     with pytest.raises(image_io.ImageReadError, match="truncated.png"):

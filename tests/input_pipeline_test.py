@@ -105,7 +105,8 @@ def test_patches_are_scale_aligned_crops_of_portrait_and_landscape_images(tmp_pa
     sources = set()
     for hr in np.concatenate([b["hr"] for b in batches]):
         found = [(k, top, left) for k, full in enumerate(fulls)
-                 for top in range(0, full.shape[0] - 31, 4) for left in range(0, full.shape[1] - 31, 4)
+                 for top in range(0, full.shape[0] - 31, 4)
+                 for left in range(0, full.shape[1] - 31, 4)
                  for f in itertools.product([False, True], repeat=3)
                  if np.array_equal(hr, _d8(full[top:top + 32, left:left + 32], *f))]
         assert found, "patch is not a D8 transform of any scale-aligned crop"
