@@ -1,0 +1,223 @@
+"""The two-stage LFc-SR generator: G_O = HAN (objective), G_P = wavelet Res-clique (perceptual).
+
+Images are float32 NHWC on the 0-255 scale in and out. Parameters are float32 pytrees; `dtype`
+only sets the compute dtype of the convolutions. Repeated blocks are `nn.scan`ned, so their
+parameters carry a leading layer axis and the full x4 model compiles in seconds:
+  HAN:       head, groups/{blocks/{conv1,conv2,attention/{squeeze,excite}} [G,R,...], conv [G,...]},
+             body_conv, layer_attention/gamma, layer_fuse, channel_spatial_attention/{kernel,bias,gamma},
+             fuse, upsample0, upsample1, tail
+  ResClique: stem, expand, blocks/{ll1,lh1,hl1,hh1,hh2,hl2,lh2,ll2}_{conv,act} [N,...], fuse, tail
+  LFcSR:     {'objective': HAN params, 'perceptual': ResClique params}
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lfcsr_jax import wavelets
+from lfcsr_jax.models.layers import (
+    ChannelSpatialAttention,
+    LayerAttention,
+    ResCliqueBlock,
+    ResidualGroup,
+    conv,
+    mean_shift,
+    pixel_shuffle,
+)
+
+Dtype = Any
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+
+
+class HAN(nn.Module):
+    """Holistic Attention Network (x2/x3/x4), REFERENCE.md section 2. LR (B,h,w,3) -> SR (B,sh,sw,3)."""
+
+    scale: int = 4
+    n_resgroups: int = 10
+    n_resblocks: int = 20
+    features: int = 64
+    reduction: int = 16
+    rgb_mean: tuple[float, float, float] = DIV2K_RGB_MEAN
+    rgb_range: float = 255.0
+    dtype: Dtype = jnp.float32
+    remat: bool = False  # rematerialise each RCAB in the backward pass (saves activation memory).
+
+    def _upsample(self, x_BxhxwxC: jax.Array) -> jax.Array:
+        # EDSR Upsampler: log2(scale) x [conv C->4C, PixelShuffle(2)], or one [conv C->9C, PS(3)].
+        if self.scale & (self.scale - 1) == 0:
+            factors = [2] * int(math.log2(self.scale))
+        elif self.scale == 3:
+            factors = [3]
+        else:
+            raise ValueError(f"HAN: scale must be a power of 2 or 3, got {self.scale}")
+        for i, factor in enumerate(factors):
+            x_BxhxwxC = conv(self.features * factor * factor, 3, self.dtype, f"upsample{i}")(x_BxhxwxC)
+            x_BxhxwxC = pixel_shuffle(x_BxhxwxC, factor)
+        return x_BxhxwxC
+
+    @nn.compact
+    def __call__(self, lr_Bxhxwx3: jax.Array) -> jax.Array:
+        x = mean_shift(lr_Bxhxwx3, self.rgb_mean, self.rgb_range, -1.0).astype(self.dtype)
+        head_BxhxwxC = conv(self.features, 3, self.dtype, "head")(x)
+
+        groups = nn.scan(
+            ResidualGroup,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            length=self.n_resgroups,
+        )(self.n_resblocks, self.reduction, self.dtype, self.remat, name="groups")
+        last_group, group_outs_GxBxhxwxC = groups(head_BxhxwxC, None)
+        body_BxhxwxC = conv(self.features, 3, self.dtype, "body_conv")(last_group)
+
+        # The authors stack newest first: [body conv, group G-1, ..., group 0]; the order fixes
+        # which input channels of the 11C->C conv see which layer.
+        layers_NxBxhxwxC = jnp.concatenate([body_BxhxwxC[None], group_outs_GxBxhxwxC[::-1]], axis=0)
+        layers_BxNxhxwxC = jnp.moveaxis(layers_NxBxhxwxC, 0, 1)
+        attended_BxNxhxwxC = LayerAttention(name="layer_attention")(layers_BxNxhxwxC)
+        b, n, h, w, c = attended_BxNxhxwxC.shape
+        attended_BxhxwxNC = attended_BxNxhxwxC.transpose(0, 2, 3, 1, 4).reshape(b, h, w, n * c)
+        layer_BxhxwxC = conv(self.features, 3, self.dtype, "layer_fuse")(attended_BxhxwxNC)
+
+        spatial_BxhxwxC = ChannelSpatialAttention(self.dtype, name="channel_spatial_attention")(
+            body_BxhxwxC
+        )
+        fused = jnp.concatenate([spatial_BxhxwxC, layer_BxhxwxC], axis=-1)
+        fused_BxhxwxC = conv(self.features, 3, self.dtype, "fuse")(fused) + head_BxhxwxC
+
+        up_BxHxWxC = self._upsample(fused_BxhxwxC)
+        sr = conv(3, 3, self.dtype, "tail")(up_BxHxWxC)
+        return mean_shift(sr, self.rgb_mean, self.rgb_range, +1.0)
+
+
+class ResClique(nn.Module):
+    """Wavelet-domain Res-clique refinement, REFERENCE.md section 3. (B,H,W,3) -> (B,H,W,3).
+
+    No image-level skip: the output is built entirely from the inverse Haar of the predicted bands.
+    """
+
+    n_blocks: int = 15
+    growth: int = 32
+    stem: int = 32
+    rgb_mean: tuple[float, float, float] = DIV2K_RGB_MEAN
+    rgb_range: float = 255.0
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, y_BxHxWx3: jax.Array) -> jax.Array:
+        x = mean_shift(y_BxHxWx3, self.rgb_mean, self.rgb_range, -1.0).astype(self.dtype)
+        bands_Bxhxwx12 = wavelets.haar_dwt(x)  # orthonormal Haar = the authors' DWT_Haar.
+        skip_BxhxwxS = conv(self.stem, 3, self.dtype, "stem")(bands_Bxhxwx12)
+        feats_Bxhxwx4G = conv(4 * self.growth, 3, self.dtype, "expand")(skip_BxhxwxS)
+
+        block = nn.remat(ResCliqueBlock) if self.remat else ResCliqueBlock
+        blocks = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            length=self.n_blocks,
+        )(self.growth, self.dtype, name="blocks")
+        _, outs_NxBxhxwx4G = blocks(feats_Bxhxwx4G, None)
+        n, b, h, w, c = outs_NxBxhxwx4G.shape
+        # torch.cat(mid_feats, dim=1): block-major channels, block 0 first.
+        outs_BxhxwxN4G = outs_NxBxhxwx4G.transpose(1, 2, 3, 0, 4).reshape(b, h, w, n * c)
+
+        fused = conv(self.stem, 1, self.dtype, "fuse")(outs_BxhxwxN4G)
+        fused_BxhxwxS = nn.leaky_relu(fused, negative_slope=0.01) + skip_BxhxwxS
+        bands_out = conv(4 * 3, 3, self.dtype, "tail")(fused_BxhxwxS)
+        out = wavelets.haar_idwt(bands_out)
+        return mean_shift(out, self.rgb_mean, self.rgb_range, +1.0)
+
+
+class LFcSR(nn.Module):
+    """Both stages: lr -> (y_objective = G_O(lr), y_perceptual = G_P(y_objective)), float32 NHWC.
+
+    Params are {'objective': ..., 'perceptual': ...}; each subtree also applies on its own with
+    `build_objective(cfg)` / `build_perceptual(cfg)`, which is what the ADMM sub-steps need.
+    """
+
+    objective: HAN
+    perceptual: ResClique
+
+    def __call__(self, lr_Bxhxwx3: jax.Array) -> tuple[jax.Array, jax.Array]:
+        y_objective = self.objective(lr_Bxhxwx3)
+        y_perceptual = self.perceptual(y_objective)
+        return y_objective, y_perceptual
+
+
+# ----------------------------------------------------------------------------- factories
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _field(model_cfg: Any, key: str) -> Any:
+    """Reads `key` from a ConfigDict or a plain dict (an export's config.json)."""
+    try:
+        return model_cfg[key]
+    except (KeyError, AttributeError, TypeError):
+        raise ValueError(f"model config: missing field {key!r} (have {sorted(_keys(model_cfg))})") from None
+
+
+def _keys(model_cfg: Any) -> list[str]:
+    return list(model_cfg.keys()) if hasattr(model_cfg, "keys") else []
+
+
+def compute_dtype(model_cfg: Any) -> Dtype:
+    """The config's `dtype` string ('float32' | 'bfloat16' | 'float16') as a jnp dtype."""
+    name = str(_field(model_cfg, "dtype"))
+    if name not in _DTYPES:
+        raise ValueError(f"model config: dtype {name!r} not in {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def build_objective(model_cfg: Mapping[str, Any] | Any, remat: bool = False) -> HAN:
+    """G_O from `config.model` (configs/x4.py) or the same keys as a dict."""
+    return HAN(
+        scale=int(_field(model_cfg, "scale")),
+        n_resgroups=int(_field(model_cfg, "han_resgroups")),
+        n_resblocks=int(_field(model_cfg, "han_resblocks")),
+        features=int(_field(model_cfg, "han_features")),
+        reduction=int(_field(model_cfg, "han_reduction")),
+        rgb_mean=tuple(float(v) for v in _field(model_cfg, "rgb_mean")),
+        rgb_range=float(_field(model_cfg, "rgb_range")),
+        dtype=compute_dtype(model_cfg),
+        remat=remat,
+    )
+
+
+def build_perceptual(model_cfg: Mapping[str, Any] | Any, remat: bool = False) -> ResClique:
+    """G_P from `config.model` (configs/x4.py) or the same keys as a dict."""
+    return ResClique(
+        n_blocks=int(_field(model_cfg, "clique_blocks")),
+        growth=int(_field(model_cfg, "clique_growth")),
+        stem=int(_field(model_cfg, "clique_stem")),
+        rgb_mean=tuple(float(v) for v in _field(model_cfg, "rgb_mean")),
+        rgb_range=float(_field(model_cfg, "rgb_range")),
+        dtype=compute_dtype(model_cfg),
+        remat=remat,
+    )
+
+
+def build_lfcsr(model_cfg: Mapping[str, Any] | Any, remat: bool = False) -> LFcSR:
+    """The two-stage generator; its params tree is {'objective': ..., 'perceptual': ...}."""
+    return LFcSR(objective=build_objective(model_cfg, remat), perceptual=build_perceptual(model_cfg, remat))
+
+
+def init_params(model: nn.Module, key: jax.Array, lr_shape: tuple[int, ...] = (1, 16, 16, 3)) -> Any:
+    """Random float32 params of `model` (HAN, LFcSR: LR-shaped input; ResClique: any even H, W).
+
+    Jitted (scanned blocks initialised op by op are far slower), and with the classic threefry:
+    on CPU the partitionable threefry (jax's default) makes this init compile ~5x slower
+    (13 s vs 3 s for HAN), and generator params are replicated, never sharded at init."""
+    with jax.threefry_partitionable(False):
+        return jax.jit(lambda k: model.init(k, jnp.zeros(lr_shape, jnp.float32))["params"])(key)
+
+
+def count_params(params: Any) -> int:
+    """Number of trainable scalars in a params pytree (works on ShapeDtypeStructs too)."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,217 @@
+"""Building blocks of the two generators (REFERENCE.md sections 2-3), NHWC, flax.linen.
+
+Every block keeps its parameters in float32 (`param_dtype`) and computes in `dtype`.
+Channel orders follow the authors' PyTorch modules so that their weights import unchanged
+(see lfcsr_jax/convert.py): PixelShuffle uses PyTorch's (c, i, j) channel order and every
+concatenation keeps the order of the corresponding `torch.cat`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# PyTorch's default Conv init: kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+TORCH_CONV_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def conv(features: int, kernel: int = 3, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
+    """A 'same'-padded conv with bias (PyTorch `padding=k//2`), float32 params."""
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        padding=kernel // 2,
+        use_bias=True,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=TORCH_CONV_INIT,
+        name=name,
+    )
+
+
+def pixel_shuffle(x_BxHxWxC: jax.Array, factor: int = 2) -> jax.Array:
+    """PyTorch PixelShuffle on NHWC: input channel c*f*f + i*f + j -> output pixel (f*y+i, f*x+j)."""
+    b, h, w, channels = x_BxHxWxC.shape
+    c = channels // (factor * factor)
+    x = x_BxHxWxC.reshape(b, h, w, c, factor, factor)
+    x = x.transpose(0, 1, 4, 2, 5, 3)  # (b, h, i, w, j, c)
+    return x.reshape(b, h * factor, w * factor, c)
+
+
+def mean_shift(x_BxHxWx3: jax.Array, rgb_mean: Sequence[float], rgb_range: float, sign: float) -> jax.Array:
+    """The frozen MeanShift of EDSR-style nets (std 1): x + sign * rgb_range * mean, in float32."""
+    mean = jnp.asarray(rgb_mean, jnp.float32) * rgb_range
+    return x_BxHxWx3.astype(jnp.float32) + sign * mean
+
+
+class PReLU(nn.Module):
+    """Per-channel PReLU, slopes initialised to 0.25 like torch.nn.PReLU."""
+
+    init_slope: float = 0.25
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+        slope_C = self.param(
+            "slope", nn.initializers.constant(self.init_slope), (x_BxHxWxC.shape[-1],), jnp.float32
+        )
+        slope_C = slope_C.astype(x_BxHxWxC.dtype)
+        return jnp.where(x_BxHxWxC >= 0, x_BxHxWxC, slope_C * x_BxHxWxC)
+
+
+class ChannelAttention(nn.Module):
+    """RCAN channel attention: GAP -> 1x1 C->C/r -> ReLU -> 1x1 C/r->C -> sigmoid -> scale."""
+
+    reduction: int = 16
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+        channels = x_BxHxWxC.shape[-1]
+        pooled_Bx1x1xC = jnp.mean(x_BxHxWxC.astype(jnp.float32), axis=(1, 2), keepdims=True)
+        pooled_Bx1x1xC = pooled_Bx1x1xC.astype(self.dtype)
+        y = conv(channels // self.reduction, 1, self.dtype, "squeeze")(pooled_Bx1x1xC)
+        y = nn.relu(y)
+        y = conv(channels, 1, self.dtype, "excite")(y)
+        return x_BxHxWxC * nn.sigmoid(y)
+
+
+class RCAB(nn.Module):
+    """Residual channel-attention block; a scan body: (carry, _) -> (carry, None)."""
+
+    reduction: int = 16
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC: jax.Array, _: Any = None) -> tuple[jax.Array, None]:
+        channels = x_BxHxWxC.shape[-1]
+        y = conv(channels, 3, self.dtype, "conv1")(x_BxHxWxC)
+        y = nn.relu(y)
+        y = conv(channels, 3, self.dtype, "conv2")(y)
+        y = ChannelAttention(self.reduction, self.dtype, name="attention")(y)
+        return x_BxHxWxC + y, None
+
+
+class ResidualGroup(nn.Module):
+    """n RCABs (scanned) -> conv3x3, plus the group input; a scan body that also emits its output
+    so that the layer attention can see every group's output."""
+
+    n_resblocks: int = 20
+    reduction: int = 16
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC: jax.Array, _: Any = None) -> tuple[jax.Array, jax.Array]:
+        block = nn.remat(RCAB) if self.remat else RCAB
+        blocks = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            length=self.n_resblocks,
+        )(self.reduction, self.dtype, name="blocks")
+        y, _ = blocks(x_BxHxWxC, None)
+        y = conv(x_BxHxWxC.shape[-1], 3, self.dtype, "conv")(y)
+        out = x_BxHxWxC + y
+        return out, out
+
+
+class LayerAttention(nn.Module):
+    """HAN's LAM over N feature maps (B, N, H, W, C): out = gamma * softmax(rowmax(E) - E) Q + Q,
+    E = Q Q^T with Q the (B, N, HWC) flattening. gamma is a scalar initialised to 0."""
+
+    @nn.compact
+    def __call__(self, features_BxNxHxWxC: jax.Array) -> jax.Array:
+        gamma = self.param("gamma", nn.initializers.zeros, (), jnp.float32)
+        b, n = features_BxNxHxWxC.shape[:2]
+        q_BxNxD = features_BxNxHxWxC.reshape(b, n, -1)
+        # The energies are sums over H*W*C products: float32 accumulation keeps the softmax sane
+        # under bfloat16 compute. The flattening order (HWC vs PyTorch's CHW) does not change E.
+        energy_BxNxN = jnp.einsum("bnd,bmd->bnm", q_BxNxD, q_BxNxD, preferred_element_type=jnp.float32)
+        energy_BxNxN = jnp.max(energy_BxNxN, axis=-1, keepdims=True) - energy_BxNxN
+        attention_BxNxN = jax.nn.softmax(energy_BxNxN, axis=-1).astype(q_BxNxD.dtype)
+        out_BxNxD = jnp.einsum("bnm,bmd->bnd", attention_BxNxN, q_BxNxD)
+        out_BxNxD = gamma.astype(q_BxNxD.dtype) * out_BxNxD + q_BxNxD
+        return out_BxNxD.reshape(features_BxNxHxWxC.shape)
+
+
+def _band_kernel_3x3xCxC(kernel_DxHxW: jax.Array, channels: int) -> jax.Array:
+    """A 3x3x3 single-channel 3D conv over (channel, h, w) as an ordinary 2D conv C->C:
+    tap (dh, dw) gets the banded matrix W[ci, co] = k[ci - co + 1, dh, dw] (|ci - co| <= 1),
+    whose edges reproduce the zero padding along the channel axis."""
+    bands = [jnp.eye(channels, k=1 - dc, dtype=kernel_DxHxW.dtype) for dc in range(3)]
+    bands_DxCxC = jnp.stack(bands)
+    return jnp.einsum("dhw,dio->hwio", kernel_DxHxW, bands_DxCxC)
+
+
+def _symmetric_uniform(bound: float) -> nn.initializers.Initializer:
+    def init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class ChannelSpatialAttention(nn.Module):
+    """HAN's CSAM: M = sigmoid(Conv3d_{1->1, 3x3x3}(F)) over (channel, h, w); out = F * gamma*M + F.
+
+    The 3D conv runs as one banded 2D conv C->C (same MACs as a dense conv, GPU-friendly) instead
+    of a 1-channel 3D conv. Its kernel is stored as Flax's 3D layout (D, H, W, in=1, out=1)."""
+
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+        # PyTorch Conv3d default init: fan_in = 27.
+        bound = 27.0 ** -0.5
+        kernel = self.param("kernel", _symmetric_uniform(bound), (3, 3, 3, 1, 1), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (1,), jnp.float32)
+        gamma = self.param("gamma", nn.initializers.zeros, (), jnp.float32)
+        channels = x_BxHxWxC.shape[-1]
+        kernel_2d = _band_kernel_3x3xCxC(kernel[..., 0, 0], channels).astype(self.dtype)
+        logits = jax.lax.conv_general_dilated(
+            x_BxHxWxC.astype(self.dtype),
+            kernel_2d,
+            window_strides=(1, 1),
+            padding=((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        mask = nn.sigmoid(logits + bias.astype(self.dtype))
+        return x_BxHxWxC * (gamma.astype(self.dtype) * mask) + x_BxHxWxC
+
+
+class ResCliqueBlock(nn.Module):
+    """Res-clique block (two stages over four g-channel groups ll, lh, hl, hh), plus its input.
+
+    Stage 1: ll1 = F(ll0); lh1 = F([ll1, lh0]); hl1 = F([ll1, hl0]); hh1 = F([ll1, lh1, hl1, hh0]).
+    Stage 2: hh2 = F(hh1); hl2 = F([hl1, hh2]); lh2 = F([lh1, hh2]); ll2 = F([ll1, lh2, hl2, hh2]).
+    F = conv3x3 + per-channel PReLU. A scan body that also emits its output (all are fused later).
+    """
+
+    growth: int = 32
+    dtype: Dtype = jnp.float32
+
+    def _unit(self, name: str, *inputs: jax.Array) -> jax.Array:
+        x = jnp.concatenate(inputs, axis=-1) if len(inputs) > 1 else inputs[0]
+        x = conv(self.growth, 3, self.dtype, f"{name}_conv")(x)
+        return PReLU(name=f"{name}_act")(x)
+
+    @nn.compact
+    def __call__(self, x_BxHxWx4G: jax.Array, _: Any = None) -> tuple[jax.Array, jax.Array]:
+        g = self.growth
+        if x_BxHxWx4G.shape[-1] != 4 * g:
+            raise ValueError(f"ResCliqueBlock: expected {4 * g} channels, got {x_BxHxWx4G.shape}")
+        ll0, lh0, hl0, hh0 = (x_BxHxWx4G[..., k * g : (k + 1) * g] for k in range(4))
+        ll1 = self._unit("ll1", ll0)
+        lh1 = self._unit("lh1", ll1, lh0)
+        hl1 = self._unit("hl1", ll1, hl0)
+        hh1 = self._unit("hh1", ll1, lh1, hl1, hh0)
+        hh2 = self._unit("hh2", hh1)
+        hl2 = self._unit("hl2", hl1, hh2)
+        lh2 = self._unit("lh2", lh1, hh2)
+        ll2 = self._unit("ll2", ll1, lh2, hl2, hh2)
+        out = jnp.concatenate([ll2, lh2, hl2, hh2], axis=-1) + x_BxHxWx4G
+        return out, out
