@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -99,7 +101,6 @@ def load_model(checkpoint: str | Path, dtype: str = "") -> LoadedModel:
     import jax  # pylint: disable=import-outside-toplevel
 
     from lfcsr_jax import checkpointing  # pylint: disable=import-outside-toplevel
-    from lfcsr_jax.models import generator  # pylint: disable=import-outside-toplevel
 
     path = Path(checkpoint)
     if not str(checkpoint) or not path.exists():
@@ -112,6 +113,19 @@ def load_model(checkpoint: str | Path, dtype: str = "") -> LoadedModel:
     model_cfg = dict(model_cfg)
     if dtype:
         model_cfg["dtype"] = dtype
+    fns = _jitted_forwards(json.dumps(model_cfg, sort_keys=True))
+    return LoadedModel(model_cfg, jax.device_put(params), *fns)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_forwards(model_cfg_json: str) -> tuple[Callable, Callable, Callable]:
+    """(both stages, G_O, G_P) jitted, shared by every load of the same config, so a second load
+    (evaluate then super_resolve, or tests) reuses the compiled executables."""
+    import jax  # pylint: disable=import-outside-toplevel
+
+    from lfcsr_jax.models import generator  # pylint: disable=import-outside-toplevel
+
+    model_cfg = json.loads(model_cfg_json)
     model = generator.build_lfcsr(model_cfg)
     objective = generator.build_objective(model_cfg)
     perceptual = generator.build_perceptual(model_cfg)
@@ -126,8 +140,7 @@ def load_model(checkpoint: str | Path, dtype: str = "") -> LoadedModel:
     def apply_perceptual(p, y_1xHxWx3):
         return perceptual.apply({"params": p}, y_1xHxWx3).astype("float32")
 
-    return LoadedModel(model_cfg, jax.device_put(params), jax.jit(apply), jax.jit(apply_objective),
-                       jax.jit(apply_perceptual))
+    return jax.jit(apply), jax.jit(apply_objective), jax.jit(apply_perceptual)
 
 
 # ----------------------------------------------------------------------------- tiling
