@@ -184,7 +184,8 @@ def model_predictor(checkpoint: str | Path, dtype: str = "") -> tuple[Predictor,
 
 def evaluate_images(predict: Predictor, images: Sequence[dict[str, Any]], alphas: Sequence[float],
                     suite: MetricSuite, is_bicubic: bool, progress_label: str = "",
-                    save_dir: Path | None = None) -> dict[str, Any]:
+                    save_dir: Path | None = None,
+                    diagnostics_dir: Path | None = None) -> dict[str, Any]:
     """Scores every row (bicubic, then each alpha) of one dataset: {'rows': {label: {metric:
     mean}}, 'per_image': [{'name', label: {metric: value}}]}."""
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -199,6 +200,11 @@ def evaluate_images(predict: Predictor, images: Sequence[dict[str, Any]], alphas
             y_objective, y_perceptual = predict(item["lr"])
             for alpha in alphas:
                 outputs[alpha_label(alpha)] = alpha * y_objective + (1.0 - alpha) * y_perceptual
+            if diagnostics_dir is not None:
+                from lfcsr_jax import diagnostics  # pylint: disable=import-outside-toplevel
+
+                diagnostics.save_image_diagnostics(item["name"], y_objective, y_perceptual,
+                                                   item["hr"], diagnostics_dir)
         for label, sr in outputs.items():
             sr_u8 = metrics.quantize(sr)
             record[label] = suite.score(sr_u8, item["hr"], gray=bool(item.get("hr_gray")))
@@ -323,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alphas", default=DEFAULT_ALPHAS, help="blend weights of Y' (1) and Y (0)")
     p.add_argument("--output_dir", default="", help="where table.md/results.*/plots go ('' = none)")
     p.add_argument("--save_images", action="store_true", help="also write the SR PNGs")
+    p.add_argument("--save_diagnostics", action="store_true",
+                   help="Haar LL/HH views and LL-difference maps per image (paper Figs. 5, 7)")
     p.add_argument("--reference_points", default="", help="'paper' or a JSON file for the plot")
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--dtype", default="", help="compute dtype override, e.g. bfloat16 on GPUs")
@@ -352,6 +360,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     info.update({"alphas": alphas, "metrics": suite.names, "scale": args.scale})
     results, missing = {}, []
     save_root = Path(args.output_dir) / "images" if args.save_images and args.output_dir else None
+    diag_root = (Path(args.output_dir) / "diagnostics"
+                 if args.save_diagnostics and args.output_dir and not is_bicubic else None)
     start = time.time()
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         try:
@@ -363,7 +373,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.max_images:
             images = images[: args.max_images]
         results[name] = evaluate_images(predict, images, alphas, suite, is_bicubic, name,
-                                        save_root / name if save_root else None)
+                                        save_root / name if save_root else None,
+                                        diag_root / name if diag_root else None)
     if not results:
         raise SystemExit(f"evaluate: none of the datasets {args.datasets} found under {args.data_dir}")
     info.update({"missing_datasets": missing, "seconds": round(time.time() - start, 1)})
