@@ -32,8 +32,8 @@ from lfcsr_jax import metrics
 
 DEFAULT_DATASETS = "Set5,Set14,BSD100,Urban100,Manga109"
 DEFAULT_ALPHAS = ",".join(f"{a / 10:g}" for a in range(11))
-METRIC_NAMES = ("psnr", "ssim", "lpips", "niqe")
-LOWER_IS_BETTER = {"lpips", "niqe"}
+METRIC_NAMES = ("psnr", "ssim", "lpips", "niqe", "nrqm", "pi")
+LOWER_IS_BETTER = {"lpips", "niqe", "pi"}
 # The paper's Table 1 (PSNR / SSIM / NRQM / LPIPS of LFc-SR), REFERENCE.md section 8, and the
 # bicubic values every SR paper prints: `--reference_points=paper`.
 PAPER_REFERENCE_POINTS = [
@@ -53,7 +53,8 @@ Predictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 class MetricSuite:
     """The requested metrics that can be computed; `unavailable` maps the others to a reason."""
 
-    def __init__(self, names: Sequence[str], scale: int, lpips_dir: str = "", niqe_params: str = ""):
+    def __init__(self, names: Sequence[str], scale: int, lpips_dir: str = "", niqe_params: str = "",
+                 nrqm_model: str = ""):
         unknown = [n for n in names if n not in METRIC_NAMES]
         if unknown:
             raise ValueError(f"--metrics: unknown {unknown}; choose from {list(METRIC_NAMES)}")
@@ -77,6 +78,12 @@ class MetricSuite:
                 self._niqe = metrics.load_niqe_params(niqe_params)
             except metrics.MetricUnavailable as e:
                 self.unavailable["niqe"] = str(e)
+        for name in ("nrqm", "pi"):
+            if name in names:  # metrics.nrqm explains what is missing (it always raises here)
+                try:
+                    metrics.nrqm(np.zeros((1, 1, 3), np.uint8), nrqm_model or None)
+                except metrics.MetricUnavailable as e:
+                    self.unavailable[name] = str(e)
         self.names = [n for n in names if n not in self.unavailable]
 
     def score(self, sr_u8: np.ndarray, hr_u8: np.ndarray, gray: bool = False) -> dict[str, float]:
@@ -326,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="psnr,ssim,lpips,niqe")
     p.add_argument("--lpips_dir", default="", help="alexnet-owt-7be5be79.pth + v0.1/alex.npz")
     p.add_argument("--niqe_params", default="", help="niqe_pris_params.npz or modelparameters.mat")
+    p.add_argument("--nrqm_model", default="", help="Ma et al. model.mat (NRQM and PI)")
     p.add_argument("--alphas", default=DEFAULT_ALPHAS, help="blend weights of Y' (1) and Y (0)")
     p.add_argument("--output_dir", default="", help="where table.md/results.*/plots go ('' = none)")
     p.add_argument("--save_images", action="store_true", help="also write the SR PNGs")
@@ -345,7 +353,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("evaluate: give --checkpoint=EXPORT_DIR or --model=bicubic")
     alphas = parse_alphas(args.alphas)
     suite = MetricSuite([m.strip() for m in args.metrics.split(",") if m.strip()], args.scale,
-                        args.lpips_dir, args.niqe_params)
+                        args.lpips_dir, args.niqe_params, args.nrqm_model)
     for name, why in suite.unavailable.items():
         print(f"[evaluate] {name} unavailable: {why}", file=sys.stderr)
     references = load_reference_points(args.reference_points)
