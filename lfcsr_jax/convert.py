@@ -1,6 +1,7 @@
 """Weight import: the authors' PyTorch PDASR model -> our generator params; VGG19 -> our VGG19.
 
-  python -m lfcsr_jax.convert pdasr --input model_best.pt --output EXPORT_DIR [--config configs/x4.py]
+  python -m lfcsr_jax.convert pdasr --input model_best.pt --output EXPORT_DIR \
+      [--config configs/x4.py[:variant]]
   python -m lfcsr_jax.convert vgg19 --input vgg19-dcbb9e9d.pth --output vgg19.npz
 
 The PDASR state_dict holds the whole two-stage model: `D.*` = HAN (G_O), `P.*` = Res-clique (G_P).
@@ -12,6 +13,7 @@ they are checked against the configured mean and not imported.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -50,7 +52,9 @@ _TORCH_SHAPE: dict[str, Callable[[tuple[int, ...]], tuple[int, ...]]] = {
 Rule = tuple[tuple[str, ...], tuple[int, ...], str]
 
 
-def _conv_rules(torch_prefix: str, path: tuple[str, ...], index: tuple[int, ...] = ()) -> Iterator[tuple[str, Rule]]:
+def _conv_rules(
+    torch_prefix: str, path: tuple[str, ...], index: tuple[int, ...] = ()
+) -> Iterator[tuple[str, Rule]]:
     yield f"{torch_prefix}.weight", (path + ("kernel",), index, "conv")
     yield f"{torch_prefix}.bias", (path + ("bias",), index, "vector")
 
@@ -63,10 +67,11 @@ def _han_rules(han: generator.HAN) -> dict[str, Rule]:
         for r in range(han.n_resblocks):
             block = f"body.{g}.body.{r}.body"
             ours = ("groups", "blocks")
+            attention = ours + ("attention",)
             rules.update(_conv_rules(f"{block}.0", ours + ("conv1",), (g, r)))
             rules.update(_conv_rules(f"{block}.2", ours + ("conv2",), (g, r)))
-            rules.update(_conv_rules(f"{block}.3.conv_du.0", ours + ("attention", "squeeze"), (g, r)))
-            rules.update(_conv_rules(f"{block}.3.conv_du.2", ours + ("attention", "excite"), (g, r)))
+            rules.update(_conv_rules(f"{block}.3.conv_du.0", attention + ("squeeze",), (g, r)))
+            rules.update(_conv_rules(f"{block}.3.conv_du.2", attention + ("excite",), (g, r)))
         rules.update(_conv_rules(f"body.{g}.body.{han.n_resblocks}", ("groups", "conv"), (g,)))
     rules.update(_conv_rules(f"body.{han.n_resgroups}", ("body_conv",)))
     csam = ("channel_spatial_attention",)
@@ -103,9 +108,39 @@ def _resclique_rules(net: generator.ResClique) -> dict[str, Rule]:
 
 # ----------------------------------------------------------------------------- conversion
 
-def _param_shapes(module: Any, input_shape: tuple[int, ...]) -> Params:
-    shapes = jax.eval_shape(lambda k: generator.init_params(module, k, input_shape), jax.random.key(0))
-    return jax.tree_util.tree_map(lambda s: tuple(s.shape), shapes, is_leaf=lambda s: hasattr(s, "shape"))
+@dataclasses.dataclass
+class _Problems:
+    """Everything wrong with a state_dict, collected so that one error names all of it."""
+
+    missing: list[str] = dataclasses.field(default_factory=list)
+    unknown: list[str] = dataclasses.field(default_factory=list)
+    wrong_shape: list[str] = dataclasses.field(default_factory=list)
+    bad_value: list[str] = dataclasses.field(default_factory=list)
+
+    def raise_if_any(self, where: str) -> None:
+        if not (self.missing or self.unknown or self.wrong_shape or self.bad_value):
+            return
+        lines = [f"{where}: the state_dict does not match the configured model"]
+        if self.missing:
+            lines.append(f"missing keys ({len(self.missing)}): " + ", ".join(sorted(self.missing)))
+        if self.unknown:
+            lines.append(f"unknown keys ({len(self.unknown)}): " + ", ".join(sorted(self.unknown)))
+        if self.wrong_shape:
+            lines.append(f"wrong shapes ({len(self.wrong_shape)}): " + "; ".join(self.wrong_shape))
+        if self.bad_value:
+            lines.append("bad constants: " + "; ".join(self.bad_value))
+        raise ValueError("\n  ".join(lines))
+
+
+def _is_shape(s: Any) -> bool:
+    return isinstance(s, tuple)
+
+
+def _param_shapes(module: Any) -> Params:
+    shapes = jax.eval_shape(
+        lambda k: generator.init_params(module, k, (1, 8, 8, 3)), jax.random.key(0)
+    )
+    return jax.tree_util.tree_map(lambda s: tuple(s.shape), shapes)
 
 
 def _leaf(tree: Params, path: tuple[str, ...]) -> Any:
@@ -114,9 +149,8 @@ def _leaf(tree: Params, path: tuple[str, ...]) -> Any:
     return tree
 
 
-def _mean_shift_problems(state_dict: StateDict, prefix: str, module: Any) -> tuple[list[str], list[str]]:
-    """Checks the frozen MeanShift convs; returns (missing keys, bad-value messages)."""
-    missing, bad = [], []
+def _check_mean_shift(state_dict: StateDict, prefix: str, module: Any, problems: _Problems) -> None:
+    """The frozen MeanShift 1x1 convs must be identity + the configured mean on the 0-255 scale."""
     mean = np.asarray(module.rgb_mean, np.float64) * module.rgb_range
     for name, sign in (("sub_mean", -1.0), ("add_mean", 1.0)):
         expected = {
@@ -125,103 +159,85 @@ def _mean_shift_problems(state_dict: StateDict, prefix: str, module: Any) -> tup
         }
         for key, want in expected.items():
             if key not in state_dict:
-                missing.append(key)
+                problems.missing.append(key)
                 continue
             got = np.asarray(state_dict[key], np.float64)
             if got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=1e-3):
-                bad.append(
-                    f"{key}: MeanShift constant {got.ravel().tolist()} does not match the configured "
+                problems.bad_value.append(
+                    f"{key}: MeanShift constant {got.ravel().tolist()} does not match "
                     f"rgb_mean={tuple(module.rgb_mean)}, rgb_range={module.rgb_range} "
                     f"(expected {want.ravel().tolist()})"
                 )
-    return missing, bad
 
 
-def _convert(
-    state_dict: StateDict, prefix: str, module: Any, rules: dict[str, Rule], input_shape: tuple[int, ...]
-) -> tuple[Params, list[str], list[str], list[str]]:
-    """Fills our params from `prefix`+key entries; returns (params, missing, shape errors, bad values)."""
-    shapes = _param_shapes(module, input_shape)
-    params = jax.tree_util.tree_map(
-        lambda s: np.zeros(s, np.float32), shapes, is_leaf=lambda s: isinstance(s, tuple)
-    )
-    missing, wrong_shape = [], []
+def _convert_stage(
+    state_dict: StateDict, prefix: str, module: Any, rules: dict[str, Rule], problems: _Problems
+) -> tuple[Params, set[str]]:
+    """Fills `module`'s params from the `prefix`+key entries; returns (params, keys it reads)."""
+    shapes = _param_shapes(module)
+    params = jax.tree_util.tree_map(lambda s: np.zeros(s, np.float32), shapes, is_leaf=_is_shape)
     for torch_key, (path, index, kind) in rules.items():
         key = prefix + torch_key
         target = _leaf(params, path)
-        slot_shape = target.shape[len(index):]
-        want = _TORCH_SHAPE[kind](slot_shape)
+        want_shape = _TORCH_SHAPE[kind](target.shape[len(index) :])
         if key not in state_dict:
-            missing.append(key)
+            problems.missing.append(key)
             continue
         value = np.asarray(state_dict[key], dtype=np.float32)
-        if value.shape != want:
-            wrong_shape.append(f"{key}: shape {value.shape}, expected {want}")
+        if value.shape != want_shape:
+            problems.wrong_shape.append(f"{key}: shape {value.shape}, expected {want_shape}")
             continue
         target[index] = _TO_OURS[kind](value)
-    ms_missing, bad = _mean_shift_problems(state_dict, prefix, module)
-    # Every leaf of our tree must be covered by exactly the rules above (a layout bug otherwise).
+    _check_mean_shift(state_dict, prefix, module, problems)
+    # The rules must cover every leaf of our tree exactly (a bug in this file otherwise).
     covered = {path for path, _, _ in rules.values()}
-    flat, _ = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=lambda s: isinstance(s, tuple))
+    flat, _ = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=_is_shape)
     leaves = {tuple(k.key for k in p) for p, _ in flat}
     if covered != leaves:
-        raise AssertionError(f"convert.py layout bug: unmapped {leaves - covered}, stray {covered - leaves}")
-    return params, missing + ms_missing, wrong_shape, bad
-
-
-def _expected_keys(prefix: str, rules: dict[str, Rule]) -> set[str]:
+        raise AssertionError(f"convert.py: unmapped {leaves - covered}, stray {covered - leaves}")
     fixed = {f"{prefix}{m}.{p}" for m in ("sub_mean", "add_mean") for p in ("weight", "bias")}
-    return {prefix + k for k in rules} | fixed
+    return params, {prefix + k for k in rules} | fixed
 
 
-def _raise_if_problems(where: str, missing: list[str], unknown: list[str], wrong: list[str], bad: list[str]) -> None:
-    if not (missing or unknown or wrong or bad):
-        return
-    lines = [f"{where}: the state_dict does not match the configured model"]
-    if missing:
-        lines.append(f"missing keys ({len(missing)}): " + ", ".join(sorted(missing)))
-    if unknown:
-        lines.append(f"unknown keys ({len(unknown)}): " + ", ".join(sorted(unknown)))
-    if wrong:
-        lines.append(f"wrong shapes ({len(wrong)}): " + "; ".join(wrong))
-    if bad:
-        lines.append("bad constants: " + "; ".join(bad))
-    raise ValueError("\n  ".join(lines))
+def _objective(state_dict: StateDict, prefix: str, model_cfg: Any, problems: _Problems):
+    han = generator.build_objective(model_cfg)
+    return _convert_stage(state_dict, prefix, han, _han_rules(han), problems)
 
 
-def _stage(state_dict: StateDict, prefix: str, which: str, model_cfg: Any) -> tuple[tuple, set[str]]:
-    """Converts one stage; returns ((params, missing, wrong shapes, bad values), expected keys)."""
-    if which == "objective":
-        module = generator.build_objective(model_cfg)
-        rules = _han_rules(module)
-    else:
-        module = generator.build_perceptual(model_cfg)
-        rules = _resclique_rules(module)
-    return _convert(state_dict, prefix, module, rules, (1, 8, 8, 3)), _expected_keys(prefix, rules)
+def _perceptual(state_dict: StateDict, prefix: str, model_cfg: Any, problems: _Problems):
+    net = generator.build_perceptual(model_cfg)
+    return _convert_stage(state_dict, prefix, net, _resclique_rules(net), problems)
+
+
+def _unknown(state_dict: StateDict, expected: set[str]) -> list[str]:
+    return [k for k in state_dict if k not in expected]
 
 
 def han_params_from_state_dict(state_dict: StateDict, model_cfg: Any) -> Params:
     """Our HAN params from the authors' HAN state_dict (keys without the `D.` prefix)."""
-    (params, missing, wrong, bad), expected = _stage(state_dict, "", "objective", model_cfg)
-    unknown = [k for k in state_dict if k not in expected]
-    _raise_if_problems("HAN", missing, unknown, wrong, bad)
+    problems = _Problems()
+    params, expected = _objective(state_dict, "", model_cfg, problems)
+    problems.unknown = _unknown(state_dict, expected)
+    problems.raise_if_any("HAN")
     return params
 
 
 def resclique_params_from_state_dict(state_dict: StateDict, model_cfg: Any) -> Params:
-    """Our Res-clique params from the authors' CliqueNet state_dict (keys without the `P.` prefix)."""
-    (params, missing, wrong, bad), expected = _stage(state_dict, "", "perceptual", model_cfg)
-    unknown = [k for k in state_dict if k not in expected]
-    _raise_if_problems("Res-clique", missing, unknown, wrong, bad)
+    """Our Res-clique params from the authors' CliqueNet state_dict (no `P.` prefix)."""
+    problems = _Problems()
+    params, expected = _perceptual(state_dict, "", model_cfg, problems)
+    problems.unknown = _unknown(state_dict, expected)
+    problems.raise_if_any("Res-clique")
     return params
 
 
 def pdasr_params_from_state_dict(state_dict: StateDict, model_cfg: Any) -> Params:
     """{'objective', 'perceptual'} params from the authors' whole SRADMM state_dict (D.*, P.*)."""
-    (objective, m_o, w_o, b_o), expected_o = _stage(state_dict, "D.", "objective", model_cfg)
-    (perceptual, m_p, w_p, b_p), expected_p = _stage(state_dict, "P.", "perceptual", model_cfg)
-    unknown = [k for k in state_dict if k not in expected_o and k not in expected_p]
-    _raise_if_problems("PDASR", m_o + m_p, unknown, w_o + w_p, b_o + b_p)
+    problems = _Problems()
+    objective, expected_d = _objective(state_dict, "D.", model_cfg, problems)
+    perceptual, expected_p = _perceptual(state_dict, "P.", model_cfg, problems)
+    problems.unknown = _unknown(state_dict, expected_d | expected_p)
+    problems.raise_if_any("PDASR")
     return {"objective": objective, "perceptual": perceptual}
 
 
@@ -230,7 +246,9 @@ def pdasr_params_from_state_dict(state_dict: StateDict, model_cfg: Any) -> Param
 def _unwrap(checkpoint: Any, path: Path) -> Mapping[str, Any]:
     """A bare state_dict, or one nested under 'state_dict' / 'model' (training checkpoints)."""
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{path}: expected a state_dict (a mapping of names to tensors), got {type(checkpoint).__name__}")
+        raise ValueError(
+            f"{path}: expected a state_dict (names -> tensors), got {type(checkpoint).__name__}"
+        )
     for wrapper in ("state_dict", "model"):
         inner = checkpoint.get(wrapper)
         if isinstance(inner, Mapping):
@@ -238,22 +256,28 @@ def _unwrap(checkpoint: Any, path: Path) -> Mapping[str, Any]:
     return checkpoint
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads a state_dict as numpy arrays: .pt/.pth (torch, imported lazily), .npz or .safetensors."""
+def _load_torch(path: Path) -> dict[str, Any]:
+    try:
+        import torch  # Only this format needs torch.
+    except ImportError as e:
+        raise ImportError(
+            f"{path}: reading PyTorch files needs torch; convert to .npz/.safetensors elsewhere"
+        ) from e
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return {
+        str(k): (v.detach().cpu().float().numpy() if isinstance(v, torch.Tensor) else v)
+        for k, v in _unwrap(checkpoint, path).items()
+    }
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """A state_dict as numpy arrays from .pt/.pth (torch, imported lazily), .npz or .safetensors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix in TORCH_SUFFIXES:
-        try:
-            import torch  # Only this format needs torch.
-        except ImportError as e:
-            raise ImportError(f"{path}: reading PyTorch files needs torch; convert to .npz/.safetensors elsewhere") from e
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        return {
-            str(k): (v.detach().cpu().float().numpy() if isinstance(v, torch.Tensor) else v)
-            for k, v in _unwrap(checkpoint, path).items()
-        }
+        return _load_torch(path)
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as archive:
             return {k: archive[k] for k in archive.files}
@@ -261,13 +285,13 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         from safetensors.numpy import load_file
 
         return dict(load_file(str(path)))
-    raise ValueError(f"{path}: unknown weight format {suffix!r}; expected one of {TORCH_SUFFIXES + ('.npz', '.safetensors')}")
+    known = TORCH_SUFFIXES + (".npz", ".safetensors")
+    raise ValueError(f"{path}: unknown weight format {suffix!r}; expected one of {known}")
 
 
 def load_model_config(spec: str | os.PathLike) -> Any:
-    """`config.model` of a config file, written `path.py` or `path.py:variant` (ml_collections style)."""
-    spec = str(spec)
-    file, _, variant = spec.partition(":")
+    """`config.model` of a config file given as `path.py` or `path.py:variant`."""
+    file, _, variant = str(spec).partition(":")
     path = Path(file)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
@@ -279,14 +303,18 @@ def load_model_config(spec: str | os.PathLike) -> Any:
 
 # ----------------------------------------------------------------------------- CLI
 
-def _check_output(output: Path, inputs: Path) -> None:
-    if output.resolve() == inputs.resolve():
+def _check_output(output: Path, source: Path) -> None:
+    if output.resolve() == source.resolve():
         raise SystemExit(f"error: --output {output} is the input file; refusing to write over it")
     if output.exists():
         raise SystemExit(f"error: --output {output} already exists; refusing to overwrite it")
 
 
-def convert_pdasr(input_path: str | os.PathLike, output_dir: str | os.PathLike, config: str | os.PathLike = DEFAULT_CONFIG) -> Path:
+def convert_pdasr(
+    input_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    config: str | os.PathLike = DEFAULT_CONFIG,
+) -> Path:
     """Authors' checkpoint -> an lfcsr_jax export directory (checkpointing.save_export)."""
     from lfcsr_jax import checkpointing
 
@@ -300,8 +328,8 @@ def convert_pdasr(input_path: str | os.PathLike, output_dir: str | os.PathLike, 
 
 
 def convert_vgg19(input_path: str | os.PathLike, output_path: str | os.PathLike) -> Path:
-    """torchvision .pth or Keras .h5/.keras VGG19 -> our VGG19 params file (lfcsr_jax.vgg_weights)."""
-    from lfcsr_jax import vgg_weights  # Written separately; imported only when this runs.
+    """torchvision .pth or Keras .h5/.keras VGG19 -> our params file (via lfcsr_jax.vgg_weights)."""
+    from lfcsr_jax import vgg_weights  # Written separately; needed only by this command.
 
     input_path, output_path = Path(input_path), Path(output_path)
     _check_output(output_path, input_path)
@@ -314,13 +342,14 @@ def convert_vgg19(input_path: str | os.PathLike, output_path: str | os.PathLike)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lfcsr_jax.convert", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lfcsr_jax.convert", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     commands = parser.add_subparsers(dest="command", required=True)
-    pdasr = commands.add_parser("pdasr", help="authors' PyTorch LFc-SR model -> generator export dir")
-    pdasr.add_argument("--input", required=True, help=".pt/.pth/.npz/.safetensors state_dict (D.*, P.*)")
-    pdasr.add_argument("--output", required=True, help="export directory to create (must not exist)")
-    pdasr.add_argument("--config", default=str(DEFAULT_CONFIG), help="config file[:variant] (default %(default)s)")
-    vgg = commands.add_parser("vgg19", help="ImageNet VGG19 (torchvision .pth or Keras .h5) -> params file")
+    pdasr = commands.add_parser("pdasr", help="authors' PyTorch model -> generator export dir")
+    pdasr.add_argument("--input", required=True, help=".pt/.pth/.npz/.safetensors (D.*, P.*)")
+    pdasr.add_argument("--output", required=True, help="export directory to create (new)")
+    pdasr.add_argument("--config", default=str(DEFAULT_CONFIG), help="config.py[:variant]")
+    vgg = commands.add_parser("vgg19", help="VGG19 (torchvision .pth / Keras .h5) -> params file")
     vgg.add_argument("--input", required=True)
     vgg.add_argument("--output", required=True)
     args = parser.parse_args(argv)

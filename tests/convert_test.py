@@ -38,7 +38,10 @@ class _MeanShift(nn.Conv2d):
 class _CA(nn.Module):
     def __init__(self, c: int, reduction: int):
         super().__init__()
-        self.conv_du = nn.Sequential(_conv(c, c // reduction, 1), nn.ReLU(), _conv(c // reduction, c, 1), nn.Sigmoid())
+        squeeze = c // reduction
+        self.conv_du = nn.Sequential(
+            _conv(c, squeeze, 1), nn.ReLU(), _conv(squeeze, c, 1), nn.Sigmoid()
+        )
 
     def forward(self, x):
         return x * self.conv_du(x.mean(dim=(2, 3), keepdim=True))
@@ -92,7 +95,8 @@ class TorchHAN(nn.Module):
         super().__init__()
         self.sub_mean, self.add_mean = _MeanShift(-1.0), _MeanShift(1.0)
         self.head = nn.Sequential(_conv(3, c))
-        self.body = nn.Sequential(*[_Group(c, reduction, blocks) for _ in range(groups)], _conv(c, c))
+        residual_groups = [_Group(c, reduction, blocks) for _ in range(groups)]
+        self.body = nn.Sequential(*residual_groups, _conv(c, c))
         self.csa, self.la = _CSAM(), _LAM()
         self.last_conv = _conv(c * (groups + 1), c)
         self.last = _conv(2 * c, c)
@@ -119,8 +123,10 @@ class _CliqueBlock(nn.Module):
     def __init__(self, g: int):
         super().__init__()
         self.g = g
-        self.Fll1, self.Flh1, self.Fhl1, self.Fhh1 = _Unit(g, g), _Unit(2 * g, g), _Unit(2 * g, g), _Unit(4 * g, g)
-        self.Fll2, self.Flh2, self.Fhl2, self.Fhh2 = _Unit(4 * g, g), _Unit(2 * g, g), _Unit(2 * g, g), _Unit(g, g)
+        self.Fll1, self.Flh1 = _Unit(g, g), _Unit(2 * g, g)
+        self.Fhl1, self.Fhh1 = _Unit(2 * g, g), _Unit(4 * g, g)
+        self.Fll2, self.Flh2 = _Unit(4 * g, g), _Unit(2 * g, g)
+        self.Fhl2, self.Fhh2 = _Unit(2 * g, g), _Unit(g, g)
 
     def forward(self, x):
         ll0, lh0, hl0, hh0 = torch.split(x, self.g, dim=1)
@@ -194,7 +200,7 @@ class TorchPDASR(nn.Module):
 
 
 def randomize_(module: nn.Module, seed: int) -> nn.Module:
-    """Non-default values for every attention gamma and PReLU slope, so those paths are exercised."""
+    """Non-default attention gammas and PReLU slopes, so those paths are exercised."""
     torch.manual_seed(seed)
     for name, p in module.named_parameters():
         if name.endswith("gamma"):
@@ -226,24 +232,26 @@ def _small_cfg():
     return cfg
 
 
-def _torch_pdasr(groups: int, blocks: int, features: int, reduction: int, clique_blocks: int, growth: int, seed: int):
+def _torch_pdasr(han: tuple[int, int, int, int], clique: tuple[int, int], seed: int):
+    """(groups, blocks, features, reduction), (clique blocks, growth) -> the torch model."""
     torch.manual_seed(seed)
-    model = TorchPDASR(TorchHAN(groups, blocks, features, reduction), TorchResClique(clique_blocks, growth))
+    model = TorchPDASR(TorchHAN(*han), TorchResClique(*clique))
     return randomize_(model.eval(), seed)
 
 
 def _tiny_state_dict() -> dict:
-    """The authors' layout for configs/x4.py:tiny (2 groups x 1 RCAB, 8 features; 1 clique block, g 4)."""
-    return numpy_state_dict(_torch_pdasr(2, 1, 8, 4, 1, 4, seed=3))
+    """The authors' layout for configs/x4.py:tiny (2 groups x 1 RCAB, 8 features; 1 block, g 4)."""
+    return numpy_state_dict(_torch_pdasr((2, 1, 8, 4), (1, 4), seed=3))
 
 
 def _rel_err(got, want) -> float:
     """Error relative to the image's variation (the added mean would hide wiring errors)."""
-    return float(np.linalg.norm(np.asarray(got, np.float64) - want) / np.linalg.norm(want - want.mean()))
+    error = np.linalg.norm(np.asarray(got, np.float64) - want)
+    return float(error / np.linalg.norm(want - want.mean()))
 
 
 def test_pdasr_state_dict_reproduces_the_torch_model():
-    model = _torch_pdasr(2, 2, 16, 4, 2, 8, seed=0)
+    model = _torch_pdasr((2, 2, 16, 4), (2, 8), seed=0)
     x = np.random.default_rng(0).uniform(0, 255, (2, 6, 10, 3)).astype(np.float32)
     want_objective, want_perceptual = run_nhwc(model, x, torch.float64)
     params = convert.pdasr_params_from_state_dict(numpy_state_dict(model), _small_cfg())
@@ -262,7 +270,7 @@ def test_pdasr_state_dict_reproduces_the_torch_model():
 
 
 def test_layouts_of_the_converted_tensors():
-    state_dict = numpy_state_dict(_torch_pdasr(2, 2, 16, 4, 2, 8, seed=1))
+    state_dict = numpy_state_dict(_torch_pdasr((2, 2, 16, 4), (2, 8), seed=1))
     params = convert.pdasr_params_from_state_dict(state_dict, _small_cfg())
     objective, perceptual = params["objective"], params["perceptual"]
     # OIHW -> HWIO, scanned blocks stacked along leading (group, block) axes.
@@ -270,13 +278,18 @@ def test_layouts_of_the_converted_tensors():
         objective["groups"]["blocks"]["conv2"]["kernel"][1, 0],
         state_dict["D.body.1.body.0.body.2.weight"].transpose(2, 3, 1, 0),
     )
-    np.testing.assert_array_equal(objective["groups"]["conv"]["bias"][1], state_dict["D.body.1.body.2.bias"])
+    np.testing.assert_array_equal(
+        objective["groups"]["conv"]["bias"][1], state_dict["D.body.1.body.2.bias"]
+    )
     assert objective["channel_spatial_attention"]["kernel"].shape == (3, 3, 3, 1, 1)
     assert objective["layer_attention"]["gamma"].shape == ()
     assert objective["layer_attention"]["gamma"] == state_dict["D.la.gamma"][0]
-    np.testing.assert_array_equal(perceptual["blocks"]["hh1_act"]["slope"][1], state_dict["P.CliqueBlock.1.Fhh1.1.weight"])
+    np.testing.assert_array_equal(
+        perceptual["blocks"]["hh1_act"]["slope"][1], state_dict["P.CliqueBlock.1.Fhh1.1.weight"]
+    )
     # MeanShift constants are frozen, not params.
-    assert not any("mean" in "/".join(map(str, p)) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    assert not any("mean" in path for path in paths)
 
 
 def test_converter_names_every_missing_unknown_and_misshaped_key():
@@ -290,8 +303,9 @@ def test_converter_names_every_missing_unknown_and_misshaped_key():
     with pytest.raises(ValueError) as error:
         convert.pdasr_params_from_state_dict(state_dict, x4.get_config("tiny").model)
     message = str(error.value)
-    for key in ("D.body.1.body.0.body.3.conv_du.2.bias", "P.preConv0.weight", "P.CliqueBlock.0.Fhh2.1.weight",
-                "D.last.weight", "D.extra.weight", "S"):
+    named = ("D.body.1.body.0.body.3.conv_du.2.bias", "P.preConv0.weight",
+             "P.CliqueBlock.0.Fhh2.1.weight", "D.last.weight", "D.extra.weight", "S")
+    for key in named:
         assert key in message, key
     assert "shape (8, 8, 3, 3), expected (8, 16, 3, 3)" in message
     assert "missing keys (2)" in message and "unknown keys (2)" in message
@@ -310,8 +324,9 @@ def test_loaders_read_torch_npz_and_safetensors_alike(tmp_path):
     from safetensors.numpy import save_file
 
     state_dict = _tiny_state_dict()
-    torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, tmp_path / "bare.pt")
-    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in state_dict.items()}, "epoch": 3}, tmp_path / "wrapped.pth")
+    tensors = {k: torch.from_numpy(v) for k, v in state_dict.items()}
+    torch.save(tensors, tmp_path / "bare.pt")
+    torch.save({"state_dict": tensors, "epoch": 3}, tmp_path / "wrapped.pth")
     np.savez(tmp_path / "weights.npz", **state_dict)
     save_file(state_dict, str(tmp_path / "weights.safetensors"))
     for name in ("bare.pt", "wrapped.pth", "weights.npz", "weights.safetensors"):
@@ -340,23 +355,24 @@ def test_cli_pdasr_round_trip_through_an_export(tmp_path):
     with pytest.raises(SystemExit, match="already exists"):
         convert.main(args)
     with pytest.raises(SystemExit, match="is the input file"):
-        convert.main(["pdasr", "--input", str(tmp_path / "model.npz"), "--output", str(tmp_path / "model.npz")])
+        model_npz = str(tmp_path / "model.npz")
+        convert.main(["pdasr", "--input", model_npz, "--output", model_npz])
 
 
 def test_cli_vgg19_delegates_to_vgg_weights(tmp_path, monkeypatch):
     calls = []
     fake = types.ModuleType("lfcsr_jax.vgg_weights")
-    fake.vgg19_params_from_torchvision = lambda sd: calls.append(("torchvision", sorted(sd))) or {"w": 1}
+    fake.vgg19_params_from_torchvision = lambda sd: calls.append(("torch", sorted(sd))) or {"w": 1}
     fake.vgg19_params_from_keras = lambda path: calls.append(("keras", path)) or {"w": 2}
     fake.save_vgg19_params = lambda path, params: calls.append(("save", str(path), params))
     monkeypatch.setitem(sys.modules, "lfcsr_jax.vgg_weights", fake)
     monkeypatch.setattr(sys.modules["lfcsr_jax"], "vgg_weights", fake, raising=False)
     np.savez(tmp_path / "vgg.npz", **{"features.0.weight": np.zeros((64, 3, 3, 3), np.float32)})
-    convert.main(["vgg19", "--input", str(tmp_path / "vgg.npz"), "--output", str(tmp_path / "out.npz")])
+    convert.main(["vgg19", "--input", f"{tmp_path}/vgg.npz", "--output", f"{tmp_path}/out.npz"])
     (tmp_path / "vgg.h5").write_bytes(b"")
-    convert.main(["vgg19", "--input", str(tmp_path / "vgg.h5"), "--output", str(tmp_path / "out2.npz")])
+    convert.main(["vgg19", "--input", f"{tmp_path}/vgg.h5", "--output", f"{tmp_path}/out2.npz"])
     assert calls == [
-        ("torchvision", ["features.0.weight"]),
+        ("torch", ["features.0.weight"]),
         ("save", str(tmp_path / "out.npz"), {"w": 1}),
         ("keras", str(tmp_path / "vgg.h5")),
         ("save", str(tmp_path / "out2.npz"), {"w": 2}),

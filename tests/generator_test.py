@@ -12,8 +12,14 @@ import pytest
 
 from configs import x4
 from lfcsr_jax import convert
-from lfcsr_jax.models import build_lfcsr, build_objective, build_perceptual, count_params, init_params
-from lfcsr_jax.models import layers
+from lfcsr_jax.models import (
+    build_lfcsr,
+    build_objective,
+    build_perceptual,
+    count_params,
+    init_params,
+    layers,
+)
 
 
 def _small_cfg(dtype: str = "float32"):

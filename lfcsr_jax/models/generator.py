@@ -3,9 +3,9 @@
 Images are float32 NHWC on the 0-255 scale in and out. Parameters are float32 pytrees; `dtype`
 only sets the compute dtype of the convolutions. Repeated blocks are `nn.scan`ned, so their
 parameters carry a leading layer axis and the full x4 model compiles in seconds:
-  HAN:       head, groups/{blocks/{conv1,conv2,attention/{squeeze,excite}} [G,R,...], conv [G,...]},
-             body_conv, layer_attention/gamma, layer_fuse, channel_spatial_attention/{kernel,bias,gamma},
-             fuse, upsample0, upsample1, tail
+  HAN:       head, groups/{blocks/{conv1,conv2,attention/{squeeze,excite}} [G,R,...],
+             conv [G,...]}, body_conv, layer_attention/gamma, layer_fuse,
+             channel_spatial_attention/{kernel,bias,gamma}, fuse, upsample0, upsample1, tail
   ResClique: stem, expand, blocks/{ll1,lh1,hl1,hh1,hh2,hl2,lh2,ll2}_{conv,act} [N,...], fuse, tail
   LFcSR:     {'objective': HAN params, 'perceptual': ResClique params}
 """
@@ -35,7 +35,7 @@ DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
 
 class HAN(nn.Module):
-    """Holistic Attention Network (x2/x3/x4), REFERENCE.md section 2. LR (B,h,w,3) -> SR (B,sh,sw,3)."""
+    """Holistic Attention Network, REFERENCE.md section 2. LR (B,h,w,3) -> SR (B,sh,sw,3)."""
 
     scale: int = 4
     n_resgroups: int = 10
@@ -56,8 +56,8 @@ class HAN(nn.Module):
         else:
             raise ValueError(f"HAN: scale must be a power of 2 or 3, got {self.scale}")
         for i, factor in enumerate(factors):
-            x_BxhxwxC = conv(self.features * factor * factor, 3, self.dtype, f"upsample{i}")(x_BxhxwxC)
-            x_BxhxwxC = pixel_shuffle(x_BxhxwxC, factor)
+            expand = conv(self.features * factor * factor, 3, self.dtype, f"upsample{i}")
+            x_BxhxwxC = pixel_shuffle(expand(x_BxhxwxC), factor)
         return x_BxhxwxC
 
     @nn.compact
@@ -160,7 +160,9 @@ def _field(model_cfg: Any, key: str) -> Any:
     try:
         return model_cfg[key]
     except (KeyError, AttributeError, TypeError):
-        raise ValueError(f"model config: missing field {key!r} (have {sorted(_keys(model_cfg))})") from None
+        raise ValueError(
+            f"model config: missing field {key!r} (have {sorted(_keys(model_cfg))})"
+        ) from None
 
 
 def _keys(model_cfg: Any) -> list[str]:
@@ -205,10 +207,14 @@ def build_perceptual(model_cfg: Mapping[str, Any] | Any, remat: bool = False) ->
 
 def build_lfcsr(model_cfg: Mapping[str, Any] | Any, remat: bool = False) -> LFcSR:
     """The two-stage generator; its params tree is {'objective': ..., 'perceptual': ...}."""
-    return LFcSR(objective=build_objective(model_cfg, remat), perceptual=build_perceptual(model_cfg, remat))
+    return LFcSR(
+        objective=build_objective(model_cfg, remat), perceptual=build_perceptual(model_cfg, remat)
+    )
 
 
-def init_params(model: nn.Module, key: jax.Array, lr_shape: tuple[int, ...] = (1, 16, 16, 3)) -> Any:
+def init_params(
+    model: nn.Module, key: jax.Array, lr_shape: tuple[int, ...] = (1, 16, 16, 3)
+) -> Any:
     """Random float32 params of `model` (HAN, LFcSR: LR-shaped input; ResClique: any even H, W).
 
     Jitted (scanned blocks initialised op by op are far slower), and with the classic threefry:

@@ -20,7 +20,9 @@ Dtype = Any
 TORCH_CONV_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def conv(features: int, kernel: int = 3, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
+def conv(
+    features: int, kernel: int = 3, dtype: Dtype = jnp.float32, name: str | None = None
+) -> nn.Conv:
     """A 'same'-padded conv with bias (PyTorch `padding=k//2`), float32 params."""
     return nn.Conv(
         features,
@@ -35,7 +37,7 @@ def conv(features: int, kernel: int = 3, dtype: Dtype = jnp.float32, name: str |
 
 
 def pixel_shuffle(x_BxHxWxC: jax.Array, factor: int = 2) -> jax.Array:
-    """PyTorch PixelShuffle on NHWC: input channel c*f*f + i*f + j -> output pixel (f*y+i, f*x+j)."""
+    """PyTorch PixelShuffle on NHWC: channel c*f*f + i*f + j -> pixel (f*y+i, f*x+j), channel c."""
     b, h, w, channels = x_BxHxWxC.shape
     c = channels // (factor * factor)
     x = x_BxHxWxC.reshape(b, h, w, c, factor, factor)
@@ -43,7 +45,9 @@ def pixel_shuffle(x_BxHxWxC: jax.Array, factor: int = 2) -> jax.Array:
     return x.reshape(b, h * factor, w * factor, c)
 
 
-def mean_shift(x_BxHxWx3: jax.Array, rgb_mean: Sequence[float], rgb_range: float, sign: float) -> jax.Array:
+def mean_shift(
+    x_BxHxWx3: jax.Array, rgb_mean: Sequence[float], rgb_range: float, sign: float
+) -> jax.Array:
     """The frozen MeanShift of EDSR-style nets (std 1): x + sign * rgb_range * mean, in float32."""
     mean = jnp.asarray(rgb_mean, jnp.float32) * rgb_range
     return x_BxHxWx3.astype(jnp.float32) + sign * mean
@@ -131,7 +135,9 @@ class LayerAttention(nn.Module):
         q_BxNxD = features_BxNxHxWxC.reshape(b, n, -1)
         # The energies are sums over H*W*C products: float32 accumulation keeps the softmax sane
         # under bfloat16 compute. The flattening order (HWC vs PyTorch's CHW) does not change E.
-        energy_BxNxN = jnp.einsum("bnd,bmd->bnm", q_BxNxD, q_BxNxD, preferred_element_type=jnp.float32)
+        energy_BxNxN = jnp.einsum(
+            "bnd,bmd->bnm", q_BxNxD, q_BxNxD, preferred_element_type=jnp.float32
+        )
         energy_BxNxN = jnp.max(energy_BxNxN, axis=-1, keepdims=True) - energy_BxNxN
         attention_BxNxN = jax.nn.softmax(energy_BxNxN, axis=-1).astype(q_BxNxD.dtype)
         out_BxNxD = jnp.einsum("bnm,bmd->bnd", attention_BxNxN, q_BxNxD)
