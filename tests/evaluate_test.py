@@ -69,3 +69,14 @@ def test_bad_arguments(tmp_path):
         evaluate.parse_alphas("0,2")
     with pytest.raises(ValueError, match="unknown"):
         evaluate.MetricSuite(["psnr", "fid"], 4)
+
+
+def test_reference_points_file(tmp_path):
+    good = tmp_path / "points.json"
+    good.write_text(json.dumps([{"label": "ESRGAN", "dataset": "Set5", "psnr": 28.8, "lpips": 0.07}]))
+    assert evaluate.load_reference_points(str(good))[0]["label"] == "ESRGAN"
+    assert len(evaluate.load_reference_points("paper")) == 5
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"Set5": 1}))
+    with pytest.raises(ValueError, match="label, dataset, psnr"):
+        evaluate.load_reference_points(str(bad))
