@@ -1,7 +1,6 @@
 """Weight import: the authors' PyTorch PDASR model -> our generator params; VGG19 -> our VGG19.
 
-  python -m lfcsr_jax.convert pdasr --input model_best.pt --output EXPORT_DIR \
-      [--config configs/x4.py[:variant]]
+  python -m lfcsr_jax.convert pdasr --input model.pt --output EXPORT_DIR [--config CFG.py[:arg]]
   python -m lfcsr_jax.convert vgg19 --input vgg19-dcbb9e9d.pth --output vgg19.npz
 
 The PDASR state_dict holds the whole two-stage model: `D.*` = HAN (G_O), `P.*` = Res-clique (G_P).
