@@ -375,7 +375,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             images = load_dataset(args.data_dir, name, args.scale)
         except FileNotFoundError as e:
-            print(f"[evaluate] skipping {name}: not found under {args.data_dir} ({e})", file=sys.stderr)
+            print(f"[evaluate] skipping {name}: {e}", file=sys.stderr)
             missing.append(name)
             continue
         if args.max_images:
