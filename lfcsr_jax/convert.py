@@ -332,11 +332,10 @@ def convert_vgg19(input_path: str | os.PathLike, output_path: str | os.PathLike)
 
     input_path, output_path = Path(input_path), Path(output_path)
     _check_output(output_path, input_path)
-    if input_path.suffix.lower() in (".h5", ".keras"):
-        params = vgg_weights.vgg19_params_from_keras(str(input_path))
-    else:
-        params = vgg_weights.vgg19_params_from_torchvision(load_state_dict(input_path))
-    vgg_weights.save_vgg19_params(output_path, params)
+    # Keras weights come from Caffe and expect BGR-mean-subtracted input: the convention is
+    # stored beside the params so the loss preprocesses correctly.
+    params, input_convention = vgg_weights.load_vgg19_weights(input_path)
+    vgg_weights.save_vgg19_params(output_path, params, input_convention=input_convention)
     return output_path
 
 

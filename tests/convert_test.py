@@ -5,7 +5,6 @@ plus the error paths, the file loaders and the CLI."""
 from __future__ import annotations
 
 import sys
-import types
 
 import jax
 import numpy as np
@@ -359,21 +358,22 @@ def test_cli_pdasr_round_trip_through_an_export(tmp_path):
         convert.main(["pdasr", "--input", model_npz, "--output", model_npz])
 
 
-def test_cli_vgg19_delegates_to_vgg_weights(tmp_path, monkeypatch):
-    calls = []
-    fake = types.ModuleType("lfcsr_jax.vgg_weights")
-    fake.vgg19_params_from_torchvision = lambda sd: calls.append(("torch", sorted(sd))) or {"w": 1}
-    fake.vgg19_params_from_keras = lambda path: calls.append(("keras", path)) or {"w": 2}
-    fake.save_vgg19_params = lambda path, params: calls.append(("save", str(path), params))
-    monkeypatch.setitem(sys.modules, "lfcsr_jax.vgg_weights", fake)
-    monkeypatch.setattr(sys.modules["lfcsr_jax"], "vgg_weights", fake, raising=False)
-    np.savez(tmp_path / "vgg.npz", **{"features.0.weight": np.zeros((64, 3, 3, 3), np.float32)})
+def test_cli_vgg19_torchvision_round_trip(tmp_path):
+    from lfcsr_jax import vgg_weights
+
+    rng = np.random.default_rng(0)
+    state_dict = {}
+    for name, index in vgg_weights.TORCHVISION_CONV_INDEX.items():
+        c_in, c_out = vgg_weights.VGG19_CONV_SHAPES[name]
+        state_dict[f"features.{index}.weight"] = rng.standard_normal(
+            (c_out, c_in, 3, 3)).astype(np.float32)
+        state_dict[f"features.{index}.bias"] = rng.standard_normal(c_out).astype(np.float32)
+    np.savez(tmp_path / "vgg.npz", **state_dict)
     convert.main(["vgg19", "--input", f"{tmp_path}/vgg.npz", "--output", f"{tmp_path}/out.npz"])
-    (tmp_path / "vgg.h5").write_bytes(b"")
-    convert.main(["vgg19", "--input", f"{tmp_path}/vgg.h5", "--output", f"{tmp_path}/out2.npz"])
-    assert calls == [
-        ("torch", ["features.0.weight"]),
-        ("save", str(tmp_path / "out.npz"), {"w": 1}),
-        ("keras", str(tmp_path / "vgg.h5")),
-        ("save", str(tmp_path / "out2.npz"), {"w": 2}),
-    ]
+    params, convention = vgg_weights.load_vgg19_weights(tmp_path / "out.npz")
+    assert convention == "torchvision"
+    # OIHW -> HWIO for conv3_4 (torchvision index 16).
+    np.testing.assert_array_equal(params["conv3_4"]["kernel"],
+                                  state_dict["features.16.weight"].transpose(2, 3, 1, 0))
+    with pytest.raises(SystemExit, match="already exists"):
+        convert.main(["vgg19", "--input", f"{tmp_path}/vgg.npz", "--output", f"{tmp_path}/out.npz"])
