@@ -4,7 +4,6 @@ plus the error paths, the file loaders and the CLI."""
 
 from __future__ import annotations
 
-import sys
 
 import jax
 import numpy as np
