@@ -153,16 +153,20 @@ def make_optimizers(config: ml_collections.ConfigDict) -> dict[str, optax.Gradie
     }
 
 
-def make_networks(config: ml_collections.ConfigDict) -> Networks:
-    """The paper's networks for `config` (sizes from config.model, D tied to the HR patch)."""
+def make_networks(config: ml_collections.ConfigDict, remat: bool = False) -> Networks:
+    """The paper's networks for `config` (sizes from config.model, D tied to the HR patch).
+
+    remat=True rematerialises each generator block in the backward pass (less activation
+    memory, about one more forward of compute).
+    """
     _check_admm_config(config)
     from lfcsr_jax.models import discriminator, generator, vgg19  # heavy; only when needed
 
     hr_patch = config.input.lr_patch * config.model.scale
     dtype = generator.compute_dtype(config.model)
     return Networks(
-        objective=generator.build_objective(config.model),
-        perceptual=generator.build_perceptual(config.model),
+        objective=generator.build_objective(config.model, remat=remat),
+        perceptual=generator.build_perceptual(config.model, remat=remat),
         discriminator=discriminator.Discriminator(patch_size=hr_patch, dtype=dtype),
         vgg=vgg19.VGG19Features(dtype=dtype),
         config=config,

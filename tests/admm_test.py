@@ -467,3 +467,77 @@ def test_one_and_four_devices_agree():
     assert sharded[0].dual_s.sharding.spec == jax.sharding.PartitionSpec("data")
     _tree_allclose(sharded[0], single[0], rtol=1e-4, atol=1e-5)
     _tree_allclose(sharded[1], single[1], rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- schedules
+def test_paper_schedules_in_steps():
+    from lfcsr_jax import schedules
+
+    config = x4.get_config()
+    assert schedules.epochs_to_steps(config, 20) == 20_000
+    assert schedules.phase_steps(config, "pretrain") == 400_000
+    assert schedules.phase_steps(config, "admm") == 200_000
+    generator = schedules.generator_lr(config)
+    for step, lr in [(0, 5e-5), (19_999, 5e-5), (20_000, 2.5e-5), (49_999, 2.5e-5), (50_000, 1.25e-5),
+                     (70_000, 6.25e-6), (100_000, 3.125e-6), (140_000, 1.5625e-6), (199_999, 1.5625e-6)]:
+        assert float(generator(jnp.int32(step))) == pytest.approx(lr, rel=1e-6), step
+    pretrain = schedules.pretrain_lr(config)
+    for step, lr in [(0, 1e-4), (99_999, 1e-4), (100_000, 1e-5), (250_000, 1e-6), (399_999, 1e-7)]:
+        assert float(pretrain(jnp.int32(step))) == pytest.approx(lr, rel=1e-5), step
+    assert float(schedules.discriminator_lr(config)(jnp.int32(150_000))) == pytest.approx(5e-5)
+    config.schedule.steps_per_epoch = 0
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        schedules.epochs_to_steps(config, 1)
+
+
+def test_admm_schedule_counts_from_the_start_of_the_admm_phase():
+    config = _config()
+    config.schedule.steps_per_epoch = 2
+    config.optim.generator_milestones_epochs = (1,)  # halve after 2 ADMM steps
+    networks = _networks(config)
+    state, vgg_params = _init(config, networks)
+    state = state.replace(step=jnp.int32(50), pretrain_count=jnp.int32(50))  # after pre-training
+    step = _step(networks)
+    rates = []
+    for _ in range(3):
+        state, metrics = step(state, _batch(config), vgg_params)
+        rates.append(float(metrics["lr/generator"]))
+    assert rates == pytest.approx([5e-5, 5e-5, 2.5e-5])
+    assert int(state.step) == 53 and int(state.admm_count) == 3
+
+
+# ----------------------------------------------------------------------------- the real networks
+@pytest.mark.parametrize("variant", ["tiny", ""], ids=["tiny", "paper"])
+def test_real_networks_fit_the_steps(variant):
+    """Shapes only (jax.eval_shape traces without compiling): the real modules plug in."""
+    pytest.importorskip("lfcsr_jax.models.generator", reason="generator networks not written yet")
+    config = x4.get_config(variant)
+    networks = admm.make_networks(config)
+    state = jax.eval_shape(lambda r: admm.init_train_state(r, config, networks), jax.random.key(0))
+    vgg_params = jax.eval_shape(lambda r: admm.init_vgg_params(r, config, networks), jax.random.key(1))
+    batch_size, lr_side = config.train.global_batch_size, config.input.lr_patch
+    hr_side = lr_side * config.model.scale
+    batch = {
+        "lr": jax.ShapeDtypeStruct((batch_size, lr_side, lr_side, 3), jnp.uint8),
+        "hr": jax.ShapeDtypeStruct((batch_size, hr_side, hr_side, 3), jnp.uint8),
+    }
+    assert state.dual_s.shape == (batch_size, hr_side // 2, hr_side // 2, 3)
+    new_state, metrics = jax.eval_shape(
+        lambda s, b, v: admm.admm_step(s, b, v, jax.random.key(0), networks), state, batch, vgg_params
+    )
+    assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
+    assert all(m.shape == () for m in metrics.values())
+    for key in ("loss/objective_l1", "loss/contextual", "loss/lr_band_l1", "loss/generator_adv",
+                "loss/discriminator", "admm/residual_l1", "admm/s_norm", "grad_norm/objective",
+                "grad_norm/perceptual", "grad_norm/discriminator", "disc/real_prob", "disc/fake_prob",
+                "lr/generator", "lr/discriminator", "all_finite"):
+        assert key in metrics, key
+    new_state, metrics = jax.eval_shape(
+        lambda s, b, v: admm.pretrain_step(s, b, v, networks), state, batch, vgg_params
+    )
+    assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
+    if variant == "":
+        count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))  # noqa: E731
+        assert count(state.objective_params) == 16_071_745
+        assert count(state.perceptual_params) == 2_601_420
+        assert count(state.discriminator_params) == 86_083_009
