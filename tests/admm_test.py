@@ -507,11 +507,16 @@ def test_admm_schedule_counts_from_the_start_of_the_admm_phase():
 
 
 # ----------------------------------------------------------------------------- the real networks
-@pytest.mark.parametrize("variant", ["tiny", ""], ids=["tiny", "paper"])
-def test_real_networks_fit_the_steps(variant):
+@pytest.mark.parametrize(
+    "variant,bfloat16", [("tiny", False), ("tiny", True), ("", False)], ids=["tiny", "tiny-bf16-P-O", "paper"]
+)
+def test_real_networks_fit_the_steps(variant, bfloat16):
     """Shapes only (jax.eval_shape traces without compiling): the real modules plug in."""
     pytest.importorskip("lfcsr_jax.models.generator", reason="generator networks not written yet")
     config = x4.get_config(variant)
+    if bfloat16:
+        config.model.dtype = "bfloat16"
+        config.admm.order = "perceptual_first"
     networks = admm.make_networks(config)
     state = jax.eval_shape(lambda r: admm.init_train_state(r, config, networks), jax.random.key(0))
     vgg_params = jax.eval_shape(lambda r: admm.init_vgg_params(r, config, networks), jax.random.key(1))
