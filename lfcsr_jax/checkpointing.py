@@ -54,7 +54,7 @@ def save_export(
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         host_params = jax.tree_util.tree_map(np.asarray, generator_params)
-        checkpointer = ocp.StandardCheckpointer()
+        checkpointer = _this_process_only_checkpointer()
         checkpointer.save(staging / "params", host_params)
         checkpointer.wait_until_finished()
         info = {"format": EXPORT_FORMAT, "model": _jsonable(model_config)}
@@ -84,9 +84,16 @@ def load_export(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str,
         )
     if not (source / "params").is_dir():
         raise CheckpointError(f"{source}: export has no params/ directory")
-    params = ocp.StandardCheckpointer().restore(source / "params")
+    params = _this_process_only_checkpointer().restore(source / "params")
     _check_generator_tree(params, str(source))
     return info["model"], params
+
+
+def _this_process_only_checkpointer() -> ocp.StandardCheckpointer:
+    """Exports are host-local numpy trees: one process reads or writes them, with no barrier."""
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}))
 
 
 def _jsonable(value: Any) -> Any:

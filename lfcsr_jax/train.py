@@ -152,19 +152,10 @@ def _without_run_fields(config_dict: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_mesh() -> jax.sharding.Mesh:
-    return jax.make_mesh((jax.device_count(),), ("data",))
-
-
-def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh) -> Any:
-    """Replicates every leaf except the dual variable s, which is split along its batch axis."""
-    replicated = NamedSharding(mesh, PartitionSpec())
-    by_batch = NamedSharding(mesh, PartitionSpec("data"))
-
-    def choose(path, leaf):
-        names = [getattr(entry, "name", getattr(entry, "key", None)) for entry in path]
-        return by_batch if admm.DUAL_FIELD in names and leaf.ndim > 0 else replicated
-
-    return jax.tree_util.tree_map_with_path(choose, abstract_state)
+    # Auto axes: XLA propagates shardings through the networks' reshapes (pixel shuffle, Haar);
+    # only the step's inputs and outputs carry explicit shardings.
+    return jax.make_mesh((jax.device_count(),), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, Any]:
@@ -240,7 +231,19 @@ def maybe_load_init_checkpoint(config: ml_collections.ConfigDict, state: Any) ->
         raise UserError(f"train.init_checkpoint={config.train.init_checkpoint!r}: model fields "
                         f"{mismatched} differ from config.model")
     logging.info("Initialising generators from %s", config.train.init_checkpoint)
-    return admm.with_generator_params(state, params)
+    replicated = NamedSharding(make_mesh(), PartitionSpec())
+
+    def placed(new_tree: Any, old_tree: Any) -> Any:
+        shapes_old = jax.tree_util.tree_map(np.shape, old_tree)
+        shapes_new = jax.tree_util.tree_map(np.shape, new_tree)
+        if shapes_old != shapes_new:
+            raise UserError(f"train.init_checkpoint={config.train.init_checkpoint!r}: parameter "
+                            "tree or shapes differ from the configured model")
+        return jax.device_put(jax.tree_util.tree_map(jnp.asarray, new_tree), replicated)
+
+    return state.replace(
+        objective_params=placed(params["objective"], state.objective_params),
+        perceptual_params=placed(params["perceptual"], state.perceptual_params))
 
 
 def _as_plain(value: Any) -> Any:
@@ -299,7 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
     init_rng, step_rng = jax.random.split(rng)
     abstract_state = jax.eval_shape(
         functools.partial(admm.init_train_state, config=config, networks=networks), init_rng)
-    shardings = state_shardings(abstract_state, mesh)
+    shardings = admm.state_shardings(abstract_state, mesh)
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     checkpoints = checkpointing.TrainCheckpoints(
         workdir_path / "checkpoints", keep=config.train.keep_checkpoints,

@@ -51,8 +51,7 @@ class MetricsWriter:
             values["steps_per_second"] = self._window_steps / elapsed
             values["input_wait_fraction"] = self._input_wait / elapsed
             self._window_start, self._window_steps, self._input_wait = time.perf_counter(), 0, 0.0
-            scalars = {f"{phase}/{k}": v for k, v in values.items()}
-            self.writer.write_scalars(step + 1, scalars)
+            self.writer.write_scalars(step + 1, values)
             self._append_jsonl({"step": step + 1, "phase": phase, **values})
         return finite
 

@@ -1,0 +1,190 @@
+"""The training program end to end on the tiny config: phases, resume, devices, processes, faults.
+
+Each run is a real `python -m lfcsr_jax.main` subprocess (about half a minute on 2 cores with
+XLA's optimisations off), so the same command users type is what is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from configs import x4
+from lfcsr_jax import checkpointing, train, train_logging
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TIMING_FIELDS = {"steps_per_second", "input_wait_fraction"}
+
+
+def _env(devices: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+                "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
+                "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def _command(workdir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "lfcsr_jax.main", "--config=configs/x4.py:tiny",
+            f"--workdir={workdir}", *overrides]
+
+
+def _run(workdir: Path, *overrides: str, devices: int = 4) -> subprocess.CompletedProcess:
+    return subprocess.run(_command(workdir, *overrides), cwd=REPO_ROOT, env=_env(devices),
+                          capture_output=True, text=True, timeout=900)
+
+
+def _last_train_row(workdir: Path) -> dict:
+    rows = [r for r in train_logging.read_metrics(workdir) if r["phase"] != "validation"]
+    return {k: v for k, v in rows[-1].items() if k not in TIMING_FIELDS}
+
+
+def _export_leaves(workdir: Path) -> list[np.ndarray]:
+    import jax
+
+    _, params = checkpointing.load_export(workdir / "export")
+    return jax.tree_util.tree_leaves(params)
+
+
+def _assert_close_runs(ours: Path, reference: Path, rtol: float, atol: float) -> None:
+    row, ref_row = _last_train_row(ours), _last_train_row(reference)
+    assert row.keys() == ref_row.keys()
+    for key in ref_row:
+        if key != "phase":
+            np.testing.assert_allclose(row[key], ref_row[key], rtol=rtol, atol=atol, err_msg=key)
+    for leaf, ref_leaf in zip(_export_leaves(ours), _export_leaves(reference), strict=True):
+        np.testing.assert_allclose(leaf, ref_leaf, rtol=rtol, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = _run(workdir)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir
+
+
+def test_tiny_runs_both_phases_and_writes_everything(uninterrupted):
+    rows = train_logging.read_metrics(uninterrupted)
+    phases = [r["phase"] for r in rows]
+    total = sum(train.phase_lengths(x4.get_config("tiny")).values())
+    assert {"pretrain", "admm", "validation"} <= set(phases)
+    assert rows[-1]["step"] == total
+    admm_row = next(r for r in rows if r["phase"] == "admm")
+    for key in ("loss/contextual", "admm/residual_l1", "admm/s_norm", "disc/real_logit",
+                "grad_norm/objective", "lr/generator", "steps_per_second"):
+        assert key in admm_row, key
+    assert (uninterrupted / "checkpoints" / "latest" / str(total)).is_dir()
+    assert list((uninterrupted / "checkpoints" / "best_psnr_perceptual").iterdir())
+    assert list(uninterrupted.glob("events.out.tfevents.*"))
+    model_cfg, params = checkpointing.load_export(uninterrupted / "export")
+    assert model_cfg["han_features"] == 8 and set(params) == {"objective", "perceptual"}
+    summary = json.loads((uninterrupted / "summary.json").read_text())
+    assert {"psnr_objective", "psnr_perceptual", "psnr_bicubic"} <= set(summary["validation"])
+
+
+def test_sigterm_saves_and_resume_matches_uninterrupted(uninterrupted, tmp_path):
+    workdir = tmp_path / "interrupted"
+    process = subprocess.Popen(_command(workdir), cwd=REPO_ROOT, env=_env(4),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first_checkpoint = workdir / "checkpoints" / "latest" / "4"
+    deadline = time.time() + 600
+    while not first_checkpoint.is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-4000:]
+    assert "Stopped by SIGTERM" in stdout, "the run ended before the signal; nothing was tested"
+    assert not (workdir / "export").exists()
+    resumed = _run(workdir)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "Resuming" in resumed.stderr
+    _assert_close_runs(workdir, uninterrupted, rtol=1e-6, atol=1e-6)
+
+
+def test_one_device_matches_four(uninterrupted, tmp_path):
+    result = _run(tmp_path / "one", devices=1)
+    assert result.returncode == 0, result.stderr[-4000:]
+    _assert_close_runs(tmp_path / "one", uninterrupted, rtol=2e-3, atol=2e-4)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_match_one_process(uninterrupted, tmp_path):
+    workdir, port = tmp_path / "two", _free_port()
+    processes = [subprocess.Popen(
+        _command(workdir, "--config.train.distributed=True",
+                 f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                 f"--process_id={index}"),
+        cwd=REPO_ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for index in range(2)]
+    outputs = [process.communicate(timeout=900) for process in processes]
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-4000:]
+    # Two processes x two devices hold the same global batch as one process with four devices.
+    _assert_close_runs(workdir, uninterrupted, rtol=2e-3, atol=2e-4)
+
+
+def test_planted_nan_stops_cleanly_and_keeps_last_checkpoint(tmp_path):
+    # An absurd ADMM learning rate makes the weights overflow in the first ADMM steps (step > 4,
+    # after the pre-training checkpoint at step 4).
+    result = _run(tmp_path / "nan", "--config.optim.generator_lr=1e30")
+    assert result.returncode == 3, result.stderr[-4000:]
+    assert "Non-finite loss or input at step" in result.stdout
+    assert "step 4" in result.stdout  # names the intact checkpoint
+    assert (tmp_path / "nan" / "checkpoints" / "latest" / "4").is_dir()
+    assert not (tmp_path / "nan" / "export").exists()
+
+
+def test_bad_config_fails_before_compiling(tmp_path):
+    start = time.time()
+    result = _run(tmp_path / "bad", "--config.input.lr_patch=9", "--config.admm.method=magic")
+    assert result.returncode == 2
+    assert "input.lr_patch=9" in result.stderr and "admm.method='magic'" in result.stderr
+    assert time.time() - start < 120
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("train.global_batch_size", 6, "divisible by the device count"),
+    ("input.source", "folder", "input.hr_dir must be set"),
+    ("model.dtype", "float16", "model.dtype"),
+    ("loss.vgg_weights", "/nonexistent/vgg19.npz", "no such file"),
+    ("train.phases", ("pretrain", "finetune"), "train.phases"),
+])
+def test_validate_config_names_the_field(field, value, message):
+    config = x4.get_config("tiny")
+    group, name = field.split(".")
+    config[group][name] = value
+    with pytest.raises(train.UserError, match=message):
+        train.validate_config(config)
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+    config = x4.get_config("tiny")
+    train._claim_workdir(tmp_path, config)
+    config.admm.rho = 1.0
+    with pytest.raises(train.UserError, match="another configuration"):
+        train._claim_workdir(tmp_path, config)
+    config.train.allow_config_change = True
+    train._claim_workdir(tmp_path, config)
+
+
+def test_phase_boundaries():
+    lengths = {"pretrain": 3, "admm": 2}
+    assert [train.phase_at(step, lengths)[0] for step in range(6)] == [
+        "pretrain", "pretrain", "pretrain", "admm", "admm", None]
+    assert train.phase_at(4, lengths) == ("admm", 1)
