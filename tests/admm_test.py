@@ -317,6 +317,43 @@ def test_admm_step_equals_independent_recomputation(variant):
     assert _tree_equal(new_state.pretrain_opt_state, state.pretrain_opt_state)
 
 
+def test_regularizer_step_is_one_joint_gradient_step():
+    config = _config(method="regularizer", lambda_r=3.0)
+    config.optim.generator_lr = 0.05
+    config.optim.disc_lr = 0.0  # D unchanged, so the joint loss below uses the old D params
+    networks = _networks(config, sgd=True)
+    state, vgg_params = _init(config, networks)
+    batch = _batch(config)
+    x, hr = (jnp.asarray(batch[k], jnp.float32) for k in ("lr", "hr"))
+    t = lambda img: admm.constraint_transform(img, config)  # noqa: E731
+
+    def joint(params):
+        y_obj = networks.objective.apply({"params": params["objective"]}, x)
+        y = networks.perceptual.apply({"params": params["perceptual"]}, y_obj)
+        # D's batch statistics after its own step (fake, then real pass) feed the G pass.
+        _, d_vars = networks.discriminator.apply(
+            {"params": state.discriminator_params, "batch_stats": state.discriminator_batch_stats},
+            jax.lax.stop_gradient(y), train=True, mutable=["batch_stats"])
+        _, d_vars = networks.discriminator.apply(
+            {"params": state.discriminator_params, **d_vars}, hr, train=True, mutable=["batch_stats"])
+        logits, _ = networks.discriminator.apply(
+            {"params": state.discriminator_params, **d_vars}, y, train=True, mutable=["batch_stats"])
+        feats = lambda img: networks.vgg.apply(  # noqa: E731
+            {"params": vgg_params}, losses.vgg_normalise(img, "imagenet"), layers=("relu3_4",)
+        )["relu3_4"]
+        l_p = (0.1 * losses.contextual_loss(feats(y), feats(hr)) + losses.lr_band_l1(y, hr)
+               + 0.001 * losses.generator_adversarial_loss(logits))
+        return jnp.mean(jnp.abs(y_obj - hr)) + l_p + 3.0 * jnp.mean(jnp.abs(t(y) - t(y_obj)))
+
+    params = admm.generator_params(state)
+    grads = jax.jit(jax.grad(joint))(params)
+    expected = jax.tree_util.tree_map(lambda p, g: p - 0.05 * g, params, grads)
+    new_state, metrics = _step(networks)(state, batch, vgg_params)
+    _tree_allclose(admm.generator_params(new_state), expected)
+    assert _tree_equal(new_state.dual_s, state.dual_s)
+    assert float(metrics["admm/regulariser"]) > 0.0
+
+
 def test_s_shapes_of_the_variants():
     for variant, shape in [
         (dict(), (4, 8, 8, 3)),
@@ -433,6 +470,24 @@ def test_non_finite_input_is_reported_and_not_applied():
         for field in ("objective_params", "perceptual_params", "discriminator_params",
                       "discriminator_batch_stats", "objective_opt_state", "pretrain_opt_state", "dual_s"):
             assert _tree_equal(getattr(new_state, field), getattr(state, field)), field
+
+
+def test_non_finite_loss_is_reported_and_not_applied():
+    config = _config()
+
+    def exploding_loss(networks, y, hr, fake_logits, vgg_params):
+        loss = jnp.mean(y) * jnp.inf
+        return loss, {"perceptual_total": loss}
+
+    networks = _networks(config, perceptual_loss_fn=exploding_loss)
+    state, vgg_params = _init(config, networks)
+    new_state, metrics = _step(networks)(state, _batch(config), vgg_params)
+    assert not bool(metrics["all_finite"])
+    assert not np.isfinite(float(metrics["loss/perceptual_total"]))
+    assert _tree_equal(new_state.perceptual_params, state.perceptual_params)
+    assert _tree_equal(new_state.objective_params, state.objective_params)
+    assert _tree_equal(new_state.discriminator_params, state.discriminator_params)
+    assert _tree_equal(new_state.dual_s, state.dual_s)
 
 
 def test_one_and_four_devices_agree():
