@@ -128,8 +128,9 @@ class TrainCheckpoints:
         self.directory = Path(directory).absolute()
         self._latest = ocp.CheckpointManager(
             self.directory / "latest",
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                                 enable_async_checkpointing=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=True,
+                multiprocessing_options=_barrier_prefix("latest")),
         )
         # metric name -> 'max' or 'min'.
         self._best: dict[str, ocp.CheckpointManager] = {}
@@ -138,7 +139,8 @@ class TrainCheckpoints:
                 self.directory / f"best_{metric}",
                 options=ocp.CheckpointManagerOptions(
                     max_to_keep=1, create=True, best_fn=_metric_getter(metric),
-                    best_mode=mode, enable_async_checkpointing=True),
+                    best_mode=mode, enable_async_checkpointing=True,
+                    multiprocessing_options=_barrier_prefix(f"best_{metric}")),
             )
 
     def latest_step(self) -> int | None:
@@ -179,6 +181,11 @@ class TrainCheckpoints:
         self._latest.close()
         for manager in self._best.values():
             manager.close()
+
+
+def _barrier_prefix(name: str) -> ocp.options.MultiprocessingOptions:
+    # Several managers save the same step; on several hosts their barriers need distinct names.
+    return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
 
 
 def _metric_getter(metric: str):
