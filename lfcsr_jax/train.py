@@ -76,6 +76,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                         ("train.lpips_dir", train.lpips_dir)):
         if path and not Path(path).exists():
             problems.append(f"{field}={path!r}: no such file or directory")
+    if train.lpips_dir and Path(train.lpips_dir).is_dir():
+        from lfcsr_jax import lpips
+
+        try:
+            lpips.find_lpips_files(train.lpips_dir)
+        except lpips.MetricUnavailable as missing:
+            problems.append(f"train.lpips_dir: {missing}")
     for field in ("log_every_steps", "checkpoint_every_steps", "eval_every_steps",
                   "image_every_steps", "keep_checkpoints"):
         if train[field] <= 0:

@@ -1,0 +1,83 @@
+"""Validation during training: both stages scored by the paper protocol, LPIPS when configured."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from configs import x4
+from lfcsr_jax import admm, lpips, metrics, train, validation
+
+
+class _Recorder:
+    def __init__(self):
+        self.rows = []
+
+    def write_validation(self, step, values):
+        self.rows.append((step, values))
+
+
+@pytest.fixture(scope="module")
+def tiny_state():
+    jax.config.update("jax_disable_most_optimizations", True)
+    config = x4.get_config("tiny")
+    networks = admm.make_networks(config)
+    with jax.threefry_partitionable(False):
+        state = jax.jit(functools.partial(admm.init_train_state, config=config,
+                                          networks=networks))(jax.random.PRNGKey(0))
+    yield config, networks, state
+    jax.config.update("jax_disable_most_optimizations", False)
+
+
+def _lpips_dir(tmp_path, shared_data):
+    """Real v0.1 heads beside a random AlexNet in torchvision layout (no ImageNet weights here)."""
+    folder = tmp_path / "lpips"
+    (folder / "v0.1").mkdir(parents=True)
+    shutil.copy(shared_data / "weights" / "lpips" / "v0.1" / "alex.npz", folder / "v0.1")
+    rng = np.random.default_rng(0)
+    state_dict, c_in = {}, 3
+    for index, c_out, kernel, _, _ in lpips.ALEXNET_CONVS:
+        state_dict[f"features.{index}.weight"] = 0.05 * rng.standard_normal(
+            (c_out, c_in, kernel, kernel)).astype(np.float32)
+        state_dict[f"features.{index}.bias"] = np.zeros(c_out, np.float32)
+        c_in = c_out
+    np.savez(folder / "alexnet_random.npz", **state_dict)
+    return folder
+
+
+def test_validation_scores_both_stages_like_the_metrics_module(tiny_state, tmp_path, shared_data):
+    config, networks, state = tiny_state
+    config = config.copy_and_resolve_references()
+    config.train.lpips_dir = str(_lpips_dir(tmp_path, shared_data))
+    train.validate_config(config)
+    assert validation.best_metric_modes(config) == {"psnr_perceptual": "max",
+                                                    "lpips_perceptual": "min"}
+    validator = validation.Validator(config, networks)
+    recorder = _Recorder()
+    scores = validator.validate(state, 7, recorder)
+    assert recorder.rows == [(7, scores)]
+    for stage in ("objective", "perceptual", "bicubic"):
+        for metric in ("psnr", "ssim", "lpips"):
+            assert np.isfinite(scores[f"{metric}_{stage}"]), (metric, stage)
+    # Recompute the objective stage's PSNR of the first image independently.
+    image = validator.images[0]
+    params = admm.generator_params(state)
+    y_objective = networks.objective.apply({"params": params["objective"]},
+                                           image["lr"][None].astype(np.float32))
+    first = metrics.psnr_y(metrics.quantize(np.asarray(y_objective[0])), image["hr"], crop=4)
+    others = [metrics.psnr_y(metrics.quantize(np.asarray(networks.objective.apply(
+        {"params": params["objective"]}, im["lr"][None].astype(np.float32))[0])), im["hr"], crop=4)
+        for im in validator.images[1:]]
+    assert scores["psnr_objective"] == pytest.approx(np.mean([first, *others]), abs=1e-9)
+
+
+def test_lpips_dir_without_backbone_is_refused_before_training(tmp_path):
+    config = x4.get_config("tiny")
+    (tmp_path / "v0.1").mkdir()
+    config.train.lpips_dir = str(tmp_path)
+    with pytest.raises(train.UserError, match="AlexNet ImageNet weights"):
+        train.validate_config(config)
