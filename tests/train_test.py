@@ -188,3 +188,31 @@ def test_phase_boundaries():
     assert [train.phase_at(step, lengths)[0] for step in range(6)] == [
         "pretrain", "pretrain", "pretrain", "admm", "admm", None]
     assert train.phase_at(4, lengths) == ("admm", 1)
+
+
+def test_init_checkpoint_loads_generators_and_rejects_other_models(tmp_path):
+    import functools
+
+    import jax
+
+    from lfcsr_jax import admm
+
+    config = x4.get_config("tiny")
+    networks = admm.make_networks(config)
+    init = jax.jit(functools.partial(admm.init_train_state, config=config, networks=networks))
+    with jax.threefry_partitionable(False):
+        source, fresh = init(jax.random.PRNGKey(1)), init(jax.random.PRNGKey(2))
+    export = checkpointing.save_export(tmp_path / "export", jax.device_get(
+        admm.generator_params(source)), config.model.to_dict())
+    config.train.init_checkpoint = str(export)
+    loaded = train.maybe_load_init_checkpoint(config, fresh)
+    for ours, theirs in zip(jax.tree_util.tree_leaves(admm.generator_params(loaded)),
+                            jax.tree_util.tree_leaves(admm.generator_params(source)), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    # The discriminator is not part of an export and keeps its fresh initialisation.
+    np.testing.assert_array_equal(
+        jax.tree_util.tree_leaves(loaded.discriminator_params)[0],
+        jax.tree_util.tree_leaves(fresh.discriminator_params)[0])
+    config.model.han_features = 16
+    with pytest.raises(train.UserError, match="han_features"):
+        train.maybe_load_init_checkpoint(config, fresh)
