@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lfcsr_jax import admm, checkpointing, train_logging, validation
+from lfcsr_jax import admm, checkpointing, schedules, train_logging, validation
 
 
 class UserError(ValueError):
@@ -108,11 +108,8 @@ def _check_input_paths(inp: ml_collections.ConfigDict) -> list[str]:
 
 
 def phase_lengths(config: ml_collections.ConfigDict) -> dict[str, int]:
-    """Steps of each configured phase (epochs -> steps happens here and in admm's schedules)."""
-    spe = config.schedule.steps_per_epoch
-    lengths = {"pretrain": config.schedule.pretrain_epochs * spe,
-               "admm": config.schedule.admm_epochs * spe}
-    return {phase: lengths[phase] for phase in config.train.phases}
+    """Steps of each configured phase, in order (epochs -> steps happens in schedules.py)."""
+    return {phase: schedules.phase_steps(config, phase) for phase in config.train.phases}
 
 
 def phase_at(step: int, lengths: dict[str, int]) -> tuple[str | None, int]:
@@ -303,7 +300,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
     _claim_workdir(workdir_path, config)
     mesh = make_mesh()
     networks = admm.make_networks(config)
-    vgg_params = load_vgg_params(config, networks)
+    # Placed once, replicated: the jitted steps then never copy the frozen VGG19 per step.
+    vgg_params = jax.device_put(load_vgg_params(config, networks),
+                                NamedSharding(mesh, PartitionSpec()))
 
     rng = jax.random.PRNGKey(config.seed)
     init_rng, step_rng = jax.random.split(rng)
