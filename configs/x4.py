@@ -92,6 +92,9 @@ def _input_config() -> ml_collections.ConfigDict:
     inp.val_hr_dir = ""  # validation HR folder ('' with tfds: DIV2K 0801-0810).
     inp.val_lr_dir = ""  # validation LR folder ('' = made with imresize).
     inp.val_count = 10  # validation images (DIV2K 0801-0810 in the paper).
+    # Folder for LR images made by imresize from HR-only folders, reused across restarts
+    # ('' = made in memory at every start). Never inside the HR folder.
+    inp.lr_cache_dir = ""
     inp.lr_patch = 36  # LR crop size; HR = lr_patch * scale = 144.
     inp.prefetch = 4  # batches prefetched by tf.data.
     return inp
