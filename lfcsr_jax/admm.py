@@ -410,22 +410,33 @@ def _admm_generator_updates(state, fwd, hr, d_params, d_stats, vgg_params, lr_g,
         state.objective_params, state.objective_opt_state, g_objective, networks.objective_tx, lr_g
     )
     metrics = {
-        **_prefixed("loss", terms_one),
-        **_prefixed("loss", terms_two),
+        **_shared_generator_metrics(terms_one, terms_two, g_objective, g_perceptual),
         "loss/stage_one_total": total_one,
         "loss/stage_two_total": total_two,
         "admm/penalty_stage_one": penalty_one,
         "admm/penalty_stage_two": penalty_two,
+    }
+    new = _generator_fields(objective_params, objective_opt, perceptual_params, perceptual_opt)
+    return new, d_stats, metrics
+
+
+def _shared_generator_metrics(terms_one, terms_two, g_objective, g_perceptual) -> Metrics:
+    return {
+        **_prefixed("loss", terms_one),
+        **_prefixed("loss", terms_two),
         "grad_norm/objective": optax.tree.norm(g_objective),
         "grad_norm/perceptual": optax.tree.norm(g_perceptual),
     }
-    new = dict(
+
+
+def _generator_fields(objective_params, objective_opt, perceptual_params, perceptual_opt):
+    """The TrainState fields a generator update replaces."""
+    return dict(
         objective_params=objective_params,
         objective_opt_state=objective_opt,
         perceptual_params=perceptual_params,
         perceptual_opt_state=perceptual_opt,
     )
-    return new, d_stats, metrics
 
 
 def _regularizer_generator_updates(state, fwd, hr, d_params, d_stats, vgg_params, lr_g, networks):
@@ -458,21 +469,13 @@ def _regularizer_generator_updates(state, fwd, hr, d_params, d_stats, vgg_params
         state.objective_params, state.objective_opt_state, g_objective, networks.objective_tx, lr_g
     )
     metrics = {
-        **_prefixed("loss", terms_one),
-        **_prefixed("loss", terms_two),
+        **_shared_generator_metrics(terms_one, terms_two, g_objective, g_perceptual),
         "loss/stage_one_total": loss_one,
         "loss/stage_two_total": loss_two,
         "loss/joint_total": total,
         "admm/regulariser": regulariser,
-        "grad_norm/objective": optax.tree.norm(g_objective),
-        "grad_norm/perceptual": optax.tree.norm(g_perceptual),
     }
-    new = dict(
-        objective_params=objective_params,
-        objective_opt_state=objective_opt,
-        perceptual_params=perceptual_params,
-        perceptual_opt_state=perceptual_opt,
-    )
+    new = _generator_fields(objective_params, objective_opt, perceptual_params, perceptual_opt)
     return new, d_stats, metrics
 
 
