@@ -129,7 +129,7 @@ def _single_channel_names(directory: Path) -> set[str]:
 
     from lfcsr_jax import image_io, input_pipeline  # pylint: disable=import-outside-toplevel
 
-    canonical = getattr(input_pipeline, "_canonical_names", lambda d: {})(directory)
+    canonical = input_pipeline.benchmark_names(directory)
     names: set[str] = set()
     for sub in ("HR", "hr", "GTmod12", "image_SRF_4", "."):
         if not (directory / sub).is_dir():

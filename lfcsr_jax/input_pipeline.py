@@ -1,7 +1,9 @@
 """Training patches and evaluation images: TFDS DIV2K, image folders, benchmark sets.
 
 Every source is decoded ONCE into memory and checked before training starts (unreadable files,
-too-small images and LR/HR size mismatches raise errors naming the files). The training stream is
+too-small images and LR/HR size mismatches raise errors naming the files). LR made from HR-only
+files by MATLAB-bicubic imresize is cached in memory, or, with config.input.lr_cache_dir, as PNG
+files there that later runs (restarts after preemption) read back. The training stream is
 index-based: global example i = step * global_batch + slot decides, through stateless RNG keyed by
 (seed, i), which image (a fresh permutation of the images every len(images) examples), the crop
 offset and the three flips. Hence the stream is deterministic, process p of P produces slots
@@ -15,15 +17,19 @@ buffer: the flips and the transpose only permute the gathered pixel indices.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import csv
 import dataclasses
+import hashlib
 import logging
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 
 from lfcsr_jax import image_io
 from lfcsr_jax.imresize import imresize, modcrop
@@ -97,18 +103,93 @@ def _file_key(path: Path) -> tuple[str, int, int]:
     return (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
 
-def _pair_from_hr_file(path: Path, scale: int) -> ImagePair:
+def lr_cache_path(cache_dir: str | os.PathLike, hr_path: Path, scale: int) -> Path:
+    """`<stem>_x<scale>_<hash12>.png`: the hash of (absolute path, size, mtime_ns, scale) makes
+    an edited, replaced or touched HR file miss, and two folders' same-named files differ."""
+    stat = hr_path.stat()
+    ident = f"{hr_path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{scale}"
+    digest = hashlib.sha1(ident.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return Path(cache_dir) / f"{hr_path.stem}_x{scale}_{digest}.png"
+
+
+def _check_cache_dir(cache_dir: str | os.PathLike, hr_dirs: Sequence[Path]) -> Path:
+    """The cache folder (created); a ValueError if it is, or lies inside, an HR folder."""
+    cache = Path(cache_dir).expanduser().resolve()
+    for hr_dir in {Path(d).resolve() for d in hr_dirs}:
+        if cache == hr_dir or hr_dir in cache.parents:
+            raise ValueError(
+                f"config.input.lr_cache_dir {str(cache_dir)!r} ({cache}) is the HR image folder "
+                f"{hr_dir} or inside it; generated LR images must not be written among the "
+                "inputs: choose a folder outside it")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"config.input.lr_cache_dir: cannot create {cache}: {e}") from e
+    return cache
+
+
+def _read_cached_lr(entry: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The cached LR, or None (with a warning when the file exists but is unusable)."""
+    if not entry.is_file():
+        return None
+    try:
+        lr = image_io.read_image(entry)
+    except (image_io.ImageReadError, OSError, ValueError) as e:
+        logging.warning("input: LR cache entry %s is unreadable (%s); regenerating it", entry, e)
+        return None
+    if lr.shape != shape:
+        logging.warning("input: LR cache entry %s is %s, expected %s; regenerating it", entry,
+                        lr.shape, shape)
+        return None
+    return lr
+
+
+def _write_cached_lr(entry: Path, lr: np.ndarray) -> None:
+    """Temp file in the cache folder, then os.replace: readers see a whole entry or none, even if
+    this process dies mid-write or several processes write the same entry."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{entry.stem}.", suffix=".tmp", dir=entry.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(lr).save(f, format="PNG")
+        os.replace(tmp, entry)
+    except OSError as e:  # full disk, read-only folder: the run goes on without this entry.
+        logging.warning("input: cannot write LR cache entry %s (%s)", entry, e)
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _pair_from_hr_file(path: Path, scale: int, cache_dir: Path | None = None) -> ImagePair:
+    """(HR, LR) of an HR-only file; the LR from `cache_dir` when a valid entry is there, else
+    imresize (written back to `cache_dir` when given, else cached in memory)."""
     hr = image_io.read_image(path)
     if min(hr.shape[:2]) < scale:
         raise ValueError(f"{path}: {hr.shape[1]}x{hr.shape[0]} is smaller than the scale {scale}")
-    pair = lr_from_hr(hr, scale, key=_file_key(path))
-    return dataclasses.replace(pair, name=path.stem, origin=str(path))
+    if cache_dir is None:
+        pair = lr_from_hr(hr, scale, key=_file_key(path))
+        return dataclasses.replace(pair, name=path.stem, origin=str(path))
+    hr = modcrop(hr, scale)
+    entry = lr_cache_path(cache_dir, path, scale)
+    lr = _read_cached_lr(entry, (hr.shape[0] // scale, hr.shape[1] // scale, 3))
+    if lr is None:
+        lr = imresize(hr, 1.0 / scale)  # uint8 in -> uint8 out, so the PNG entry is exact.
+        _write_cached_lr(entry, lr)
+    return ImagePair(path.stem, hr, lr, origin=str(path))
 
 
-def _pairs_from_hr_files(paths: Sequence[Path], scale: int) -> list[ImagePair]:
-    """Decode + imresize in threads (PIL's inflate and numpy's BLAS release the GIL)."""
+def _pairs_from_hr_files(paths: Sequence[Path], scale: int, cache_dir: str | os.PathLike = "",
+                         hr_dirs: Sequence[Path] = ()) -> list[ImagePair]:
+    """Decode + imresize (or read the LR cache) in threads: PIL's inflate and numpy's BLAS
+    release the GIL. `cache_dir` '' caches in memory only; else it must lie outside `hr_dirs`
+    and the files' own folders."""
+    cache = None
+    if cache_dir:
+        cache = _check_cache_dir(cache_dir, [*hr_dirs, *(Path(p).parent for p in paths)])
     with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda p: _pair_from_hr_file(p, scale), paths))
+        return list(pool.map(lambda p: _pair_from_hr_file(p, scale, cache), paths))
 
 
 def _pair_key(stem: str, scale: int) -> str:
@@ -178,12 +259,15 @@ def load_training_images(input_cfg: Any, scale: int) -> list[ImagePair]:
     if source == "tfds":
         pairs = _tfds_pairs(input_cfg, "train", scale)
     elif source == "folder":
-        pairs = _pairs_from_hr_files(image_io.list_images(_required(input_cfg, "hr_dir")), scale)
+        hr_dir = _required(input_cfg, "hr_dir")
+        pairs = _pairs_from_hr_files(image_io.list_images(hr_dir), scale,
+                                     _lr_cache_dir(input_cfg), [Path(hr_dir)])
     elif source == "paired":
         pairs = _pairs_from_folders(_required(input_cfg, "hr_dir"),
                                     _required(input_cfg, "lr_dir"), scale)
     elif source == "skimage":
-        pairs = _pairs_from_hr_files(_skimage_files(SKIMAGE_TRAIN), scale)
+        pairs = _pairs_from_hr_files(_skimage_files(SKIMAGE_TRAIN), scale,
+                                     _lr_cache_dir(input_cfg))
     else:
         raise ValueError(f"config.input.source: unknown {source!r}; expected "
                          "'tfds', 'folder', 'paired' or 'skimage'")
@@ -195,6 +279,11 @@ def load_training_images(input_cfg: Any, scale: int) -> list[ImagePair]:
                 f"{pair.hr.shape[1]}x{pair.hr.shape[0]} (LR {pair.lr.shape[1]}x{pair.lr.shape[0]}),"
                 f" smaller than one HR patch {patch * scale}x{patch * scale} (LR {patch}x{patch})")
     return pairs
+
+
+def _lr_cache_dir(input_cfg: Any) -> str:
+    # getattr: configs written before the field existed keep the in-memory cache.
+    return getattr(input_cfg, "lr_cache_dir", "") or ""
 
 
 def _required(input_cfg: Any, field: str) -> str:
@@ -352,7 +441,8 @@ def load_validation_set(input_cfg: Any, scale: int) -> list[dict[str, Any]]:
     if source == "tfds":
         pairs = _tfds_pairs(input_cfg, f"validation[:{count}]", scale)
     elif source == "skimage":
-        pairs = _pairs_from_hr_files(_skimage_files(SKIMAGE_VALIDATION[:count]), scale)
+        pairs = _pairs_from_hr_files(_skimage_files(SKIMAGE_VALIDATION[:count]), scale,
+                                     _lr_cache_dir(input_cfg))
     elif source in ("folder", "paired"):
         if not input_cfg.val_hr_dir:
             logging.warning("config.input.val_hr_dir is empty: no validation images")
@@ -360,7 +450,9 @@ def load_validation_set(input_cfg: Any, scale: int) -> list[dict[str, Any]]:
         if input_cfg.val_lr_dir:
             pairs = _pairs_from_folders(input_cfg.val_hr_dir, input_cfg.val_lr_dir, scale, count)
         else:
-            pairs = _pairs_from_hr_files(image_io.list_images(input_cfg.val_hr_dir)[:count], scale)
+            val_files = image_io.list_images(input_cfg.val_hr_dir)[:count]
+            pairs = _pairs_from_hr_files(val_files, scale, _lr_cache_dir(input_cfg),
+                                         [Path(input_cfg.val_hr_dir)])
     else:
         raise ValueError(f"config.input.source: unknown {source!r}; expected "
                          "'tfds', 'folder', 'paired' or 'skimage'")
@@ -397,9 +489,10 @@ def _first_dir(directory: Path, candidates: Sequence[str]) -> Path | None:
     return None
 
 
-def _canonical_names(directory: Path) -> dict[str, str]:
-    """HR file name -> usual image name, from a SelfExSR-style index.csv when present."""
-    index = directory / "index.csv"
+def benchmark_names(directory: str | os.PathLike) -> dict[str, str]:
+    """HR file name -> usual image name, from a SelfExSR-style index.csv in `directory` ({} when
+    there is none)."""
+    index = Path(directory) / "index.csv"
     if not index.is_file():
         return {}
     with open(index, newline="") as f:
@@ -409,15 +502,19 @@ def _canonical_names(directory: Path) -> dict[str, str]:
     return {Path(row["hr_file"]).name: row["canonical_name"] for row in rows}
 
 
-def load_benchmark(directory: str | os.PathLike, scale: int = 4, *,
-                   regenerate_lr: bool = False) -> list[dict[str, Any]]:
+_canonical_names = benchmark_names  # the earlier private name.
+
+
+def load_benchmark(directory: str | os.PathLike, scale: int = 4, *, regenerate_lr: bool = False,
+                   lr_cache_dir: str | os.PathLike = "") -> list[dict[str, Any]]:
     """[{'name', 'lr', 'hr'}] of a benchmark folder, whole images, HR cropped to LR * scale.
 
     Layouts: SelfExSR (HR/img_NNN_SRF_4_HR.png + LR_bicubic/X4/img_NNN_SRF_4_LR.png, names from
     index.csv), EDSR (HR/<name>.png + LR_bicubic/X4/<name>x4.png), BasicSR (GTmod12/ +
     LRbicx4/), SelfExSR's original image_SRF_4/ (both in one folder), or HR only (a folder of
     images, or HR/ without LR): the LR is then MATLAB-bicubic imresize of the modcropped HR, as
-    it also is for every layout when `regenerate_lr`.
+    it also is for every layout when `regenerate_lr`. Such LR is kept in `lr_cache_dir` when
+    given (outside `directory`), else in memory.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -430,7 +527,7 @@ def load_benchmark(directory: str | os.PathLike, scale: int = 4, *,
         files = image_io.list_images(selfexsr)
         hr_files = [p for p in files if p.stem.endswith("_HR")]
         if regenerate_lr:
-            pairs = _pairs_from_hr_files(hr_files, scale)
+            pairs = _pairs_from_hr_files(hr_files, scale, lr_cache_dir, [directory])
         else:
             lr_by_key = {_pair_key(p.stem, scale): p for p in files if p.stem.endswith("_LR")}
             pairs = []
@@ -443,9 +540,10 @@ def load_benchmark(directory: str | os.PathLike, scale: int = 4, *,
     else:
         hr_dir = hr_dir or directory
         if lr_dir is None or regenerate_lr:
-            pairs = _pairs_from_hr_files(image_io.list_images(hr_dir), scale)
+            pairs = _pairs_from_hr_files(image_io.list_images(hr_dir), scale, lr_cache_dir,
+                                         [directory])
         else:
             pairs = _pairs_from_folders(hr_dir, lr_dir, scale)
-    names = _canonical_names(directory)
+    names = benchmark_names(directory)
     return [{"name": names.get(Path(p.origin).name, re.sub(r"_HR$", "", p.name)),
              "lr": p.lr, "hr": p.hr} for p in pairs]

@@ -4,6 +4,8 @@ benchmark layouts and the TFDS path (mocked, no network)."""
 from __future__ import annotations
 
 import itertools
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -303,6 +305,145 @@ def test_train_photos_folder_loads(shared_data):
     cfg = _cfg(hr_dir=str(shared_data / "train_photos" / "HR"), lr_patch=36)
     batch = next(input_pipeline.create_train_iterator(cfg, 4, 2, 0))
     assert batch["hr"].shape == (2, 144, 144, 3)
+
+
+# --------------------------------------------------------------------------- on-disk LR cache.
+
+_CACHE_SHAPES = [(50, 45), (64, 36)]  # not multiples of 4: the cache must hold the modcrop's LR.
+
+
+def _no_imresize(*args, **kwargs):
+    raise AssertionError("imresize called although the LR should come from the cache")
+
+
+def _counting_imresize(monkeypatch) -> list:
+    calls = []
+
+    def counted(image, scale, **kwargs):
+        calls.append(image.shape)
+        return imresize(image, scale, **kwargs)
+
+    monkeypatch.setattr(input_pipeline, "imresize", counted)
+    return calls
+
+
+def _entries(cache: Path) -> list[Path]:
+    return sorted(cache.iterdir())
+
+
+def test_second_load_reads_the_lr_cache_and_entries_are_exact(tmp_path, monkeypatch):
+    hr_dir = _folder(tmp_path / "hr", _CACHE_SHAPES, seed=20)
+    cache = tmp_path / "cache" / "x4"  # missing parents are created.
+    cfg = _cfg(hr_dir=str(hr_dir), lr_cache_dir=str(cache))
+    first = input_pipeline.load_training_images(cfg, 4)
+    entries = _entries(cache)
+    assert [e.name[:8] for e in entries] == ["0000_x4_", "0001_x4_"]  # no temp files left.
+    assert all(len(e.stem.split("_")[-1]) == 12 for e in entries)
+    for entry, (h, w), seed in zip(entries, _CACHE_SHAPES, (20, 21)):
+        # Independent of the pipeline: the file decodes to imresize of the modcropped HR, bit-exact.
+        np.testing.assert_array_equal(image_io.read_image(entry),
+                                      imresize(modcrop(_photo(seed, h, w), 4), 0.25))
+    input_pipeline._LR_CACHE.clear()  # a restarted process has no memory cache.
+    monkeypatch.setattr(input_pipeline, "imresize", _no_imresize)
+    second = input_pipeline.load_training_images(cfg, 4)
+    for a, b in zip(first, second):
+        assert a.lr.dtype == b.lr.dtype == np.uint8
+        np.testing.assert_array_equal(a.lr, b.lr)
+        np.testing.assert_array_equal(a.hr, b.hr)
+    assert _entries(cache) == entries
+
+
+def test_validation_and_benchmark_folders_use_the_lr_cache(tmp_path, monkeypatch):
+    val = _folder(tmp_path / "val", _CACHE_SHAPES, seed=30)
+    image_io.write_png(tmp_path / "bench" / "HR" / "pic.png", _photo(32, 50, 41))
+    cache = tmp_path / "cache"
+    cfg = _cfg(val_hr_dir=str(val), val_count=2, lr_cache_dir=str(cache))
+    val_first = input_pipeline.load_validation_set(cfg, 4)
+    bench_first = input_pipeline.load_benchmark(tmp_path / "bench", lr_cache_dir=cache)
+    assert len(_entries(cache)) == 3
+    monkeypatch.setattr(input_pipeline, "imresize", _no_imresize)
+    for a, b in zip(val_first + bench_first, input_pipeline.load_validation_set(cfg, 4)
+                    + input_pipeline.load_benchmark(tmp_path / "bench", lr_cache_dir=cache)):
+        assert a["name"] == b["name"]
+        np.testing.assert_array_equal(a["lr"], b["lr"])
+    np.testing.assert_array_equal(bench_first[0]["lr"], imresize(bench_first[0]["hr"], 0.25))
+
+
+def test_corrupt_or_wrong_size_cache_entries_are_regenerated(tmp_path, monkeypatch, caplog):
+    hr_dir = _folder(tmp_path / "hr", _CACHE_SHAPES, seed=40)
+    cache = tmp_path / "cache"
+    cfg = _cfg(hr_dir=str(hr_dir), lr_cache_dir=str(cache))
+    good = [p.lr for p in input_pipeline.load_training_images(cfg, 4)]
+    truncated, wrong_size = _entries(cache)
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    image_io.write_png(wrong_size, np.zeros((5, 5, 3), np.uint8))
+    calls = _counting_imresize(monkeypatch)
+    with caplog.at_level("WARNING"):
+        again = [p.lr for p in input_pipeline.load_training_images(cfg, 4)]
+    assert len(calls) == 2
+    for entry in (truncated, wrong_size):
+        assert any(str(entry) in r.getMessage() for r in caplog.records), entry
+    for a, b, entry in zip(good, again, (truncated, wrong_size)):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(image_io.read_image(entry), a)  # rewritten, whole.
+    assert _entries(cache) == [truncated, wrong_size]
+
+
+def test_touched_hr_file_gets_a_new_cache_entry(tmp_path, monkeypatch):
+    hr_dir = _folder(tmp_path / "hr", _CACHE_SHAPES, seed=50)
+    cache = tmp_path / "cache"
+    cfg = _cfg(hr_dir=str(hr_dir), lr_cache_dir=str(cache))
+    input_pipeline.load_training_images(cfg, 4)
+    old = _entries(cache)
+    stat = (hr_dir / "0001.png").stat()
+    os.utime(hr_dir / "0001.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    calls = _counting_imresize(monkeypatch)
+    input_pipeline.load_training_images(cfg, 4)
+    assert calls == [(64, 36, 3)]  # only the touched file is resized again.
+    new = [e for e in _entries(cache) if e not in old]
+    assert len(new) == 1 and new[0].name.startswith("0001_x4_")
+    # Another scale of the same file is another entry too.
+    assert (input_pipeline.lr_cache_path(cache, hr_dir / "0000.png", 2)
+            != input_pipeline.lr_cache_path(cache, hr_dir / "0000.png", 4))
+
+
+def test_cache_dir_equal_to_or_inside_the_hr_folder_is_refused(tmp_path):
+    hr_dir = _folder(tmp_path / "hr", _CACHE_SHAPES, seed=60)
+    for cache in (hr_dir, hr_dir / "lr_cache", hr_dir / "." / "sub" / ".."):
+        cfg = _cfg(hr_dir=str(hr_dir), lr_cache_dir=str(cache))
+        with pytest.raises(ValueError, match=re.escape(str(hr_dir.resolve()))) as info:
+            input_pipeline.load_training_images(cfg, 4)
+        assert str(cache) in str(info.value) and "lr_cache_dir" in str(info.value)
+        cfg = _cfg(val_hr_dir=str(hr_dir), lr_cache_dir=str(cache))
+        with pytest.raises(ValueError, match="lr_cache_dir"):
+            input_pipeline.load_validation_set(cfg, 4)
+    assert sorted(p.name for p in hr_dir.iterdir()) == ["0000.png", "0001.png"]  # nothing written.
+    with pytest.raises(ValueError, match="lr_cache_dir"):
+        input_pipeline.load_benchmark(hr_dir, lr_cache_dir=hr_dir / "cache")
+    # A sibling whose name merely starts like the HR folder is fine.
+    input_pipeline.load_training_images(
+        _cfg(hr_dir=str(hr_dir), lr_cache_dir=str(tmp_path / "hr_cache")), 4)
+
+
+def test_empty_cache_dir_keeps_the_memory_cache(tmp_path, monkeypatch):
+    hr_dir = _folder(tmp_path / "hr", _CACHE_SHAPES, seed=70)
+    cfg = _cfg(hr_dir=str(hr_dir), lr_cache_dir="")
+    first = input_pipeline.load_training_images(cfg, 4)
+    monkeypatch.setattr(input_pipeline, "imresize", _no_imresize)
+    second = input_pipeline.load_training_images(cfg, 4)  # same process: from memory.
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a.lr, b.lr)
+    assert [p.name for p in tmp_path.iterdir()] == ["hr"]
+    assert sorted(p.name for p in hr_dir.iterdir()) == ["0000.png", "0001.png"]
+
+
+def test_benchmark_names_reads_index_csv(tmp_path):
+    (tmp_path / "index.csv").write_text("hr_file,canonical_name\nHR/img_001_SRF_4_HR.png,baby\n")
+    assert input_pipeline.benchmark_names(tmp_path) == {"img_001_SRF_4_HR.png": "baby"}
+    assert input_pipeline.benchmark_names(tmp_path / "missing") == {}
+    (tmp_path / "index.csv").write_text("file,name\na.png,a\n")
+    with pytest.raises(ValueError, match="index.csv"):
+        input_pipeline.benchmark_names(tmp_path)
 
 
 # --------------------------------------------------------------------------- TFDS (mocked).
