@@ -24,7 +24,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -38,7 +37,7 @@ FLOPS_PER_INFERENCE_128 = 0.88e12
 def _ensure_ml_collections() -> None:
     """A minimal attribute-dict stand-in, so configs/x4.py loads on a bare accelerator image."""
     try:
-        import ml_collections  # noqa: F401
+        import ml_collections  # noqa: F401  (presence check only)
     except ImportError:
         class ConfigDict(dict):
             def __getattr__(self, name):
