@@ -31,6 +31,11 @@ def _model_config() -> ml_collections.ConfigDict:
     model.vgg_layer = "relu3_4"
     # Compute dtype of the convolutions; parameters are always float32.
     model.dtype = "float32"  # or "bfloat16" on accelerators.
+    # How the generators execute (never what they compute; exports may differ in these):
+    model.remat = False  # recompute each generator block in the backward pass (less memory).
+    model.han_block_unroll = 1  # RCABs per iteration of the loop in a group (20 = no loop).
+    model.han_group_unroll = 1  # residual groups per iteration of the loop over groups.
+    model.clique_unroll = 1  # Res-clique blocks per loop iteration (15 = no loop).
     return model
 
 

@@ -30,7 +30,7 @@ Metrics (float32 scalars, plus the bool 'all_finite'): 'loss/<term>' for every l
 'admm/penalty_stage_one|two', 'admm/residual_l1' = mean|T(Y) - T(Y')| after the step (the
 regularizer method reports it before its update), 'admm/s_norm' (L2) and 'admm/s_rms',
 'grad_norm/objective|perceptual|discriminator' (before clipping), 'disc/real_logit|fake_logit|
-real_prob|fake_prob' (batch means from the D step), 'lr/generator|discriminator' ('lr/pretrain').
+real_prob|fake_prob' (batch means from the D step), 'learning_rate/generator|discriminator' ('learning_rate/pretrain').
 
 Non-finite input or loss: the whole update is skipped (params, optimizer states, BatchNorm stats
 and s keep their old values), the counters still advance, and metrics['all_finite'] is False so
@@ -39,275 +39,21 @@ the training program can stop cleanly.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-from typing import Any, Callable
+from typing import Any
 
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from lfcsr_jax import losses, schedules, wavelets
+from lfcsr_jax import losses, schedules
+from lfcsr_jax.constraint import constraint_transform
+from lfcsr_jax.models.generator import apply_generator
+from lfcsr_jax.train_state import Networks, TrainState
+from lfcsr_jax.updates import all_finite, apply_update, batch_images, prefixed, select_tree
 
 Params = Any
 Metrics = dict[str, jax.Array]
-# (networks, stage output, hr) -> (loss, named terms)
-ObjectiveLossFn = Callable[..., tuple[jax.Array, Metrics]]
-# (networks, stage output, hr, fake logits or None, vgg params) -> (loss, named terms)
-PerceptualLossFn = Callable[..., tuple[jax.Array, Metrics]]
-
-_METHODS = ("admm", "regularizer")
-_BANDS = ("low", "high")
-_ORDERS = ("objective_first", "perceptual_first")
-_LOWPASS = ("haar", "gaussian")
-
-
-# ----------------------------------------------------------------------------- loss terms
-def paper_objective_loss(networks: "Networks", y_BxHxWx3: jax.Array, hr_BxHxWx3: jax.Array):
-    """L_O = L1(output, HR)."""
-    loss = losses.l1(y_BxHxWx3, hr_BxHxWx3)
-    return loss, {"objective_l1": loss}
-
-
-def paper_perceptual_loss(
-    networks: "Networks",
-    y_BxHxWx3: jax.Array,
-    hr_BxHxWx3: jax.Array,
-    fake_logits_Bx1: jax.Array | None,
-    vgg_params: Params,
-):
-    """L_P = w_cx L_CX(VGG(Y), VGG(HR)) + w_lf L1(f_down(Y), f_down(HR)) + w_gan L_Gen(Y).
-
-    Terms with weight 0 are not computed (no VGG pass when contextual_weight == 0).
-    """
-    cfg = networks.config.loss
-    terms: Metrics = {}
-    total = jnp.float32(0.0)
-    if cfg.contextual_weight:
-        layer = networks.config.model.vgg_layer
-        y_feats = _vgg_features(networks, vgg_params, y_BxHxWx3, layer)
-        hr_feats = jax.lax.stop_gradient(_vgg_features(networks, vgg_params, hr_BxHxWx3, layer))
-        terms["contextual"] = losses.contextual_loss(y_feats, hr_feats, cfg.contextual_bandwidth)
-        total = total + cfg.contextual_weight * terms["contextual"]
-    if cfg.lr_band_weight:
-        terms["lr_band_l1"] = losses.lr_band_l1(y_BxHxWx3, hr_BxHxWx3)
-        total = total + cfg.lr_band_weight * terms["lr_band_l1"]
-    if cfg.gan_weight:
-        terms["generator_adv"] = losses.generator_adversarial_loss(fake_logits_Bx1)
-        total = total + cfg.gan_weight * terms["generator_adv"]
-    terms["perceptual_total"] = total
-    return total, terms
-
-
-def _vgg_features(networks: "Networks", vgg_params: Params, images: jax.Array, layer: str):
-    if networks.vgg is None:
-        raise ValueError("admm: config.loss.contextual_weight > 0 needs networks.vgg")
-    normalised = losses.vgg_normalise(images, networks.config.loss.vgg_input_scaling)
-    return networks.vgg.apply({"params": vgg_params}, normalised, layers=(layer,))[layer]
-
-
-# ----------------------------------------------------------------------------- static bundle
-@dataclasses.dataclass(frozen=True, eq=False)
-class Networks:
-    """Everything static a step needs: modules, optimizer transforms, loss functions, config.
-
-    Passed as a closure/static argument, never traced. The *_tx transforms produce update
-    directions only (clip + Adam moments); the step multiplies by the scheduled learning rate
-    (schedules.py), so learning rates come from counters in the TrainState. Tests swap the
-    transforms and loss functions with dataclasses.replace.
-    """
-
-    objective: nn.Module  # stage one: LR (B,h,w,3) -> Y' (B,H,W,3), 0-255 floats
-    perceptual: nn.Module  # stage two: Y' -> Y
-    discriminator: nn.Module  # apply(vars, x, train=True, mutable=['batch_stats'])
-    vgg: nn.Module | None  # apply({'params'}, x, layers=(name,)) -> {name: feats}
-    config: ml_collections.ConfigDict
-    objective_tx: optax.GradientTransformation
-    perceptual_tx: optax.GradientTransformation
-    discriminator_tx: optax.GradientTransformation
-    pretrain_tx: optax.GradientTransformation
-    objective_loss_fn: ObjectiveLossFn = paper_objective_loss
-    perceptual_loss_fn: PerceptualLossFn = paper_perceptual_loss
-
-
-def _check_admm_config(config: ml_collections.ConfigDict) -> None:
-    admm = config.admm
-    for key, value, allowed in (
-        ("method", admm.method, _METHODS),
-        ("constrained_band", admm.constrained_band, _BANDS),
-        ("order", admm.order, _ORDERS),
-        ("lowpass", admm.lowpass, _LOWPASS),
-    ):
-        if value not in allowed:
-            raise ValueError(f"config.admm.{key}: unknown value {value!r}; expected one of {allowed}")
-
-
-def make_optimizers(config: ml_collections.ConfigDict) -> dict[str, optax.GradientTransformation]:
-    """Direction transforms: Adam(b1, b2, eps), generators clipped by value first in ADMM.
-
-    Pre-training has no clipping: config.admm.grad_clip belongs to the ADMM phase.
-    """
-    optim = config.optim
-    adam = lambda: optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps)  # noqa: E731
-    clipped = lambda: optax.chain(optax.clip(config.admm.grad_clip), adam())  # noqa: E731
-    return {
-        "objective_tx": clipped(),
-        "perceptual_tx": clipped(),
-        "discriminator_tx": adam(),
-        "pretrain_tx": adam(),
-    }
-
-
-def make_networks(config: ml_collections.ConfigDict, remat: bool = False) -> Networks:
-    """The paper's networks for `config` (sizes from config.model, D tied to the HR patch).
-
-    remat=True rematerialises each generator block in the backward pass (less activation
-    memory, about one more forward of compute).
-    """
-    _check_admm_config(config)
-    from lfcsr_jax.models import discriminator, generator, vgg19  # heavy; only when needed
-
-    hr_patch = config.input.lr_patch * config.model.scale
-    dtype = generator.compute_dtype(config.model)
-    return Networks(
-        objective=generator.build_objective(config.model, remat=remat),
-        perceptual=generator.build_perceptual(config.model, remat=remat),
-        discriminator=discriminator.Discriminator(patch_size=hr_patch, dtype=dtype),
-        vgg=vgg19.VGG19Features(dtype=dtype),
-        config=config,
-        **make_optimizers(config),
-    )
-
-
-# ----------------------------------------------------------------------------- state
-@flax.struct.dataclass
-class TrainState:
-    """All that changes during training; donated, sharded and checkpointed together.
-
-    Counters: `step` counts every iteration of both phases (logging, checkpoints, RNG folding);
-    `pretrain_count` / `admm_count` count the iterations of each phase and drive its learning
-    rate schedule, so the ADMM schedule starts at its epoch 0 after any pre-training length.
-    `dual_s` is indexed by batch slot: (global batch, *T(HR patch) shape), float32, sharded on
-    the data axis like the batch.
-    """
-
-    step: jax.Array
-    pretrain_count: jax.Array
-    admm_count: jax.Array
-    objective_params: Params
-    objective_opt_state: optax.OptState
-    perceptual_params: Params
-    perceptual_opt_state: optax.OptState
-    pretrain_opt_state: optax.OptState  # one optimizer over {'objective', 'perceptual'}
-    discriminator_params: Params
-    discriminator_batch_stats: Params
-    discriminator_opt_state: optax.OptState
-    dual_s: jax.Array
-
-
-def generator_params(state: TrainState) -> dict[str, Params]:
-    """The export tree of checkpointing.save_export: {'objective': ..., 'perceptual': ...}."""
-    return {"objective": state.objective_params, "perceptual": state.perceptual_params}
-
-
-def constraint_transform(x_BxHxWx3: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
-    """T of the equality constraint T(Y) = T(Y'), in float32 (config.admm band and lowpass)."""
-    x = jnp.asarray(x_BxHxWx3, jnp.float32)
-    if config.admm.constrained_band == "low":
-        return wavelets.lowpass(x, config.admm.lowpass)
-    if config.admm.constrained_band == "high":
-        return wavelets.highpass(x, config.admm.lowpass)
-    raise ValueError(
-        f"config.admm.constrained_band: unknown value {config.admm.constrained_band!r}"
-    )
-
-
-def _patch_shapes(config: ml_collections.ConfigDict) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    lr_patch = config.input.lr_patch
-    hr_patch = lr_patch * config.model.scale
-    return (lr_patch, lr_patch, 3), (hr_patch, hr_patch, 3)
-
-
-def init_train_state(
-    rng: jax.Array, config: ml_collections.ConfigDict, networks: Networks
-) -> TrainState:
-    """Fresh parameters, optimizer states and s = 0; jittable (config and networks are static)."""
-    _check_admm_config(config)
-    lr_shape, hr_shape = _patch_shapes(config)
-    rng_objective, rng_perceptual, rng_disc = jax.random.split(rng, 3)
-    objective_params = networks.objective.init(rng_objective, jnp.zeros((1, *lr_shape)))["params"]
-    perceptual_params = networks.perceptual.init(rng_perceptual, jnp.zeros((1, *hr_shape)))[
-        "params"
-    ]
-    disc_vars = networks.discriminator.init(rng_disc, jnp.zeros((2, *hr_shape)), train=True)
-    batch = config.train.global_batch_size
-    s_shape = jax.eval_shape(
-        lambda x: constraint_transform(x, config), jax.ShapeDtypeStruct((batch, *hr_shape), jnp.float32)
-    ).shape
-    generators = {"objective": objective_params, "perceptual": perceptual_params}
-    # Three separate buffers: a donated state must not hold one buffer twice.
-    step, pretrain_count, admm_count = (jnp.zeros((), jnp.int32) for _ in range(3))
-    return TrainState(
-        step=step,
-        pretrain_count=pretrain_count,
-        admm_count=admm_count,
-        objective_params=objective_params,
-        objective_opt_state=networks.objective_tx.init(objective_params),
-        perceptual_params=perceptual_params,
-        perceptual_opt_state=networks.perceptual_tx.init(perceptual_params),
-        pretrain_opt_state=networks.pretrain_tx.init(generators),
-        discriminator_params=disc_vars["params"],
-        discriminator_batch_stats=disc_vars["batch_stats"],
-        discriminator_opt_state=networks.discriminator_tx.init(disc_vars["params"]),
-        dual_s=jnp.zeros(s_shape, jnp.float32),
-    )
-
-
-def init_vgg_params(rng: jax.Array, config: ml_collections.ConfigDict, networks: Networks) -> Params:
-    """Randomly initialised VGG19 params (tests and demo; the paper loads ImageNet weights)."""
-    _, hr_shape = _patch_shapes(config)
-    layer = config.model.vgg_layer
-    return networks.vgg.init(rng, jnp.zeros((1, *hr_shape)), layers=(layer,))["params"]
-
-
-def state_shardings(abstract_state: TrainState, mesh: jax.sharding.Mesh, axis: str = "data"):
-    """NamedShardings for the state: s split along its batch axis, everything else replicated."""
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    shardings = jax.tree_util.tree_map(lambda _: replicated, abstract_state)
-    return shardings.replace(
-        dual_s=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
-    )
-
-
-# ----------------------------------------------------------------------------- helpers
-def _images(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    for key in ("lr", "hr"):
-        if key not in batch:
-            raise ValueError(f"admm: batch must hold 'lr' and 'hr' images, missing {key!r}")
-    return jnp.asarray(batch["lr"], jnp.float32), jnp.asarray(batch["hr"], jnp.float32)
-
-
-def _update(params: Params, opt_state, grads: Params, tx: optax.GradientTransformation, lr):
-    """One optimizer step: params - lr * tx(grads)."""
-    direction, new_opt_state = tx.update(grads, opt_state, params)
-    updates = jax.tree_util.tree_map(lambda d: -lr * d, direction)
-    return optax.apply_updates(params, updates), new_opt_state
-
-
-def _all_finite(*trees: Any) -> jax.Array:
-    leaves = [x for tree in trees for x in jax.tree_util.tree_leaves(tree)]
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-def _select(keep_new: jax.Array, new: Any, old: Any) -> Any:
-    return jax.tree_util.tree_map(lambda n, o: jnp.where(keep_new, n, o), new, old)
-
-
-def _prefixed(prefix: str, terms: Metrics) -> Metrics:
-    return {f"{prefix}/{name}": jnp.asarray(value, jnp.float32) for name, value in terms.items()}
 
 
 def _stage_roles(config: ml_collections.ConfigDict) -> tuple[str, str]:
@@ -338,7 +84,7 @@ def _stage_output_loss(role: str, out, hr, d_params, d_stats, vgg_params, networ
 
 
 # ----------------------------------------------------------------------------- sub-steps
-def discriminator_update(state: TrainState, real, fake, lr, networks: Networks):
+def discriminator_update(state: TrainState, real, fake, learning_rate, networks: Networks):
     """Vanilla-GAN D step: fake then real pass (BatchNorm batch statistics per pass)."""
 
     def loss_fn(d_params):
@@ -350,8 +96,8 @@ def discriminator_update(state: TrainState, real, fake, lr, networks: Networks):
     (loss, (stats, real_logits, fake_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.discriminator_params
     )
-    params, opt_state = _update(
-        state.discriminator_params, state.discriminator_opt_state, grads, networks.discriminator_tx, lr
+    params, opt_state = apply_update(
+        state.discriminator_params, state.discriminator_opt_state, grads, networks.discriminator_tx, learning_rate
     )
     real_logits = jnp.asarray(real_logits, jnp.float32)
     fake_logits = jnp.asarray(fake_logits, jnp.float32)
@@ -366,7 +112,7 @@ def discriminator_update(state: TrainState, real, fake, lr, networks: Networks):
     return params, stats, opt_state, metrics
 
 
-def _admm_generator_updates(state, fwd, hr, d_params, d_stats, vgg_params, lr_g, networks):
+def _admm_generator_updates(state, fwd, hr, d_params, d_stats, vgg_params, generator_learning_rate, networks):
     """Steps 13a (stage two, stage-one output constant) then 13b (stage one, Y constant)."""
     config = networks.config
     role_one, role_two = _stage_roles(config)
@@ -387,12 +133,12 @@ def _admm_generator_updates(state, fwd, hr, d_params, d_stats, vgg_params, lr_g,
         loss_two, has_aux=True
     )(fwd["out_two"])
     g_perceptual, _ = fwd["pullback_two"](g_out_two)
-    perceptual_params, perceptual_opt = _update(
-        state.perceptual_params, state.perceptual_opt_state, g_perceptual, networks.perceptual_tx, lr_g
+    perceptual_params, perceptual_opt = apply_update(
+        state.perceptual_params, state.perceptual_opt_state, g_perceptual, networks.perceptual_tx, generator_learning_rate
     )
 
     # 13b: stage one, after a fresh stage-two forward with the new params (held constant).
-    out_two_fresh = networks.perceptual.apply({"params": perceptual_params}, fwd["out_one"])
+    out_two_fresh = apply_generator(networks.perceptual, perceptual_params, fwd["out_one"])
     t_two = jax.lax.stop_gradient(constraint_transform(out_two_fresh, config))
 
     def loss_one(out_one):
@@ -406,8 +152,8 @@ def _admm_generator_updates(state, fwd, hr, d_params, d_stats, vgg_params, lr_g,
         loss_one, has_aux=True
     )(fwd["out_one"])
     (g_objective,) = fwd["pullback_one"](g_out_one)
-    objective_params, objective_opt = _update(
-        state.objective_params, state.objective_opt_state, g_objective, networks.objective_tx, lr_g
+    objective_params, objective_opt = apply_update(
+        state.objective_params, state.objective_opt_state, g_objective, networks.objective_tx, generator_learning_rate
     )
     metrics = {
         **_shared_generator_metrics(terms_one, terms_two, g_objective, g_perceptual),
@@ -422,8 +168,8 @@ def _admm_generator_updates(state, fwd, hr, d_params, d_stats, vgg_params, lr_g,
 
 def _shared_generator_metrics(terms_one, terms_two, g_objective, g_perceptual) -> Metrics:
     return {
-        **_prefixed("loss", terms_one),
-        **_prefixed("loss", terms_two),
+        **prefixed("loss", terms_one),
+        **prefixed("loss", terms_two),
         "grad_norm/objective": optax.tree.norm(g_objective),
         "grad_norm/perceptual": optax.tree.norm(g_perceptual),
     }
@@ -439,7 +185,7 @@ def _generator_fields(objective_params, objective_opt, perceptual_params, percep
     )
 
 
-def _regularizer_generator_updates(state, fwd, hr, d_params, d_stats, vgg_params, lr_g, networks):
+def _regularizer_generator_updates(state, fwd, hr, d_params, d_stats, vgg_params, generator_learning_rate, networks):
     """Eq. 7: L_1(Y') + L_2(Y) + lambda_r mean|T(Y) - T(Y')|, gradients through both stages."""
     config = networks.config
     role_one, role_two = _stage_roles(config)
@@ -462,11 +208,11 @@ def _regularizer_generator_updates(state, fwd, hr, d_params, d_stats, vgg_params
     terms_one, terms_two, loss_one, loss_two, regulariser, d_stats = aux
     g_perceptual, g_out_one_through_two = fwd["pullback_two"](g_out_two)
     (g_objective,) = fwd["pullback_one"](g_out_one + g_out_one_through_two)
-    perceptual_params, perceptual_opt = _update(
-        state.perceptual_params, state.perceptual_opt_state, g_perceptual, networks.perceptual_tx, lr_g
+    perceptual_params, perceptual_opt = apply_update(
+        state.perceptual_params, state.perceptual_opt_state, g_perceptual, networks.perceptual_tx, generator_learning_rate
     )
-    objective_params, objective_opt = _update(
-        state.objective_params, state.objective_opt_state, g_objective, networks.objective_tx, lr_g
+    objective_params, objective_opt = apply_update(
+        state.objective_params, state.objective_opt_state, g_objective, networks.objective_tx, generator_learning_rate
     )
     metrics = {
         **_shared_generator_metrics(terms_one, terms_two, g_objective, g_perceptual),
@@ -479,21 +225,21 @@ def _regularizer_generator_updates(state, fwd, hr, d_params, d_stats, vgg_params
     return new, d_stats, metrics
 
 
-def _two_stage_forward(state: TrainState, lr_img, networks: Networks) -> dict[str, Any]:
+def _two_stage_forward(state: TrainState, lr_images, networks: Networks) -> dict[str, Any]:
     """Y' = G_O(X), Y = G_P(Y') at the current params, with both pullbacks for reuse."""
     out_one, pullback_one = jax.vjp(
-        lambda p: networks.objective.apply({"params": p}, lr_img), state.objective_params
+        lambda p: apply_generator(networks.objective, p, lr_images), state.objective_params
     )
     out_two, pullback_two = jax.vjp(
-        lambda p, y: networks.perceptual.apply({"params": p}, y), state.perceptual_params, out_one
+        lambda p, y: apply_generator(networks.perceptual, p, y), state.perceptual_params, out_one
     )
     return dict(out_one=out_one, out_two=out_two, pullback_one=pullback_one, pullback_two=pullback_two)
 
 
-def dual_residual(objective_params, perceptual_params, lr_img, networks: Networks) -> jax.Array:
+def dual_residual(objective_params, perceptual_params, lr_images, networks: Networks) -> jax.Array:
     """T(Y) - T(Y') from a fresh forward: the ADMM constraint residual r."""
-    out_one = networks.objective.apply({"params": objective_params}, lr_img)
-    out_two = networks.perceptual.apply({"params": perceptual_params}, out_one)
+    out_one = apply_generator(networks.objective, objective_params, lr_images)
+    out_two = apply_generator(networks.perceptual, perceptual_params, out_one)
     config = networks.config
     return constraint_transform(out_two, config) - constraint_transform(out_one, config)
 
@@ -503,25 +249,23 @@ def admm_step(
     state: TrainState,
     batch: dict[str, jax.Array],
     vgg_params: Params,
-    rng: jax.Array,
     networks: Networks,
 ) -> tuple[TrainState, Metrics]:
     """One PD-ADMM iteration (or the Eq. 7 regularizer iteration): D, stage two, stage one, dual.
 
-    The step draws no random numbers today; `rng` is accepted (fold in state.step for any
-    future use) so the training program's call never changes.
+    Same signature as pretrain.pretrain_step once `networks` is bound. The step draws no random
+    numbers; a future one would fold state.step into a key held in the state.
     """
-    del rng
     config = networks.config
-    lr_img, hr = _images(batch)
-    lr_g = schedules.generator_lr(config)(state.admm_count)
-    lr_d = schedules.discriminator_lr(config)(state.admm_count)
+    lr_images, hr = batch_images(batch)
+    generator_learning_rate = schedules.generator_lr(config)(state.admm_count)
+    disc_learning_rate = schedules.discriminator_lr(config)(state.admm_count)
 
-    fwd = _two_stage_forward(state, lr_img, networks)
+    fwd = _two_stage_forward(state, lr_images, networks)
     role_one, _ = _stage_roles(config)
     fake = fwd["out_one"] if role_one == "perceptual" else fwd["out_two"]
     d_params, d_stats, d_opt, d_metrics = discriminator_update(
-        state, hr, jax.lax.stop_gradient(fake), lr_d, networks
+        state, hr, jax.lax.stop_gradient(fake), disc_learning_rate, networks
     )
     gen_updates = (
         _admm_generator_updates
@@ -529,10 +273,10 @@ def admm_step(
         else _regularizer_generator_updates
     )
     new, d_stats, g_metrics = gen_updates(
-        state, fwd, hr, d_params, d_stats, vgg_params, lr_g, networks
+        state, fwd, hr, d_params, d_stats, vgg_params, generator_learning_rate, networks
     )
     if config.admm.method == "admm":
-        residual = dual_residual(new["objective_params"], new["perceptual_params"], lr_img, networks)
+        residual = dual_residual(new["objective_params"], new["perceptual_params"], lr_images, networks)
         dual_s = state.dual_s + residual
     else:  # no dual variable; report the residual of this step's forward
         residual = constraint_transform(fwd["out_two"], config) - constraint_transform(
@@ -545,9 +289,9 @@ def admm_step(
     metrics["admm/residual_l1"] = jnp.mean(jnp.abs(residual))
     metrics["admm/s_norm"] = jnp.sqrt(jnp.sum(dual_s * dual_s))
     metrics["admm/s_rms"] = jnp.sqrt(jnp.mean(dual_s * dual_s))
-    metrics["lr/generator"] = lr_g
-    metrics["lr/discriminator"] = lr_d
-    ok = _all_finite(lr_img, hr, metrics)
+    metrics["learning_rate/generator"] = generator_learning_rate
+    metrics["learning_rate/discriminator"] = disc_learning_rate
+    ok = all_finite(lr_images, hr, metrics)
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
     metrics["all_finite"] = ok
 
@@ -562,64 +306,7 @@ def admm_step(
     new_state = state.replace(
         step=state.step + 1,
         admm_count=state.admm_count + 1,
-        **_select(ok, updated, current),
+        **select_tree(ok, updated, current),
     )
     return new_state, metrics
 
-
-def pretrain_step(
-    state: TrainState,
-    batch: dict[str, jax.Array],
-    vgg_params: Params,
-    networks: Networks,
-) -> tuple[TrainState, Metrics]:
-    """Joint L1 pre-training: L1(Y', HR) + L1(Y, HR), G_P's gradient flowing into G_O.
-
-    `vgg_params` is unused (same call shape as admm_step for the training program).
-    """
-    del vgg_params
-    lr_img, hr = _images(batch)
-    lr = schedules.pretrain_lr(networks.config)(state.pretrain_count)
-
-    def loss_fn(generators):
-        out_one = networks.objective.apply({"params": generators["objective"]}, lr_img)
-        out_two = networks.perceptual.apply({"params": generators["perceptual"]}, out_one)
-        l1_one, l1_two = losses.l1(out_one, hr), losses.l1(out_two, hr)
-        return l1_one + l1_two, (l1_one, l1_two)
-
-    generators = generator_params(state)
-    (total, (l1_one, l1_two)), grads = jax.value_and_grad(loss_fn, has_aux=True)(generators)
-    new_generators, new_opt = _update(generators, state.pretrain_opt_state, grads, networks.pretrain_tx, lr)
-    metrics = {
-        "loss/pretrain_total": total,
-        "loss/objective_l1": l1_one,
-        "loss/output_l1": l1_two,
-        "grad_norm/objective": optax.tree.norm(grads["objective"]),
-        "grad_norm/perceptual": optax.tree.norm(grads["perceptual"]),
-        "lr/pretrain": lr,
-    }
-    ok = _all_finite(lr_img, hr, metrics)
-    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
-    metrics["all_finite"] = ok
-    updated = dict(
-        objective_params=new_generators["objective"],
-        perceptual_params=new_generators["perceptual"],
-        pretrain_opt_state=new_opt,
-    )
-    current = {name: getattr(state, name) for name in updated}
-    new_state = state.replace(
-        step=state.step + 1,
-        pretrain_count=state.pretrain_count + 1,
-        **_select(ok, updated, current),
-    )
-    return new_state, metrics
-
-
-def make_admm_step(networks: Networks):
-    """admm_step jitted with the state donated: (state, batch, vgg_params, rng) -> (state, metrics)."""
-    return jax.jit(functools.partial(admm_step, networks=networks), donate_argnums=0)
-
-
-def make_pretrain_step(networks: Networks):
-    """pretrain_step jitted with the state donated: (state, batch, vgg_params) -> (state, metrics)."""
-    return jax.jit(functools.partial(pretrain_step, networks=networks), donate_argnums=0)

@@ -150,7 +150,7 @@ def xla_flops_per_lr_pixel(model_cfg: Mapping[str, Any], lr_size: int) -> float 
     x = jax.ShapeDtypeStruct((1, lr_size, lr_size, 3), jnp.float32)
     params = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 8, 8, 3)))["params"],
                             jax.random.PRNGKey(0))
-    lowered = jax.jit(lambda p, v: model.apply({"params": p}, v)).lower(params, x)
+    lowered = jax.jit(lambda p, v: generator.apply_generator(model, p, v)).lower(params, x)
     analysis = lowered.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older JAX returned one dict per computation
         analysis = analysis[0] if analysis else {}
@@ -169,7 +169,7 @@ def measure_latency(model_cfg: Mapping[str, Any], lr_size: int, repeats: int) ->
     params = jax.device_put(_random_params(model, jnp.zeros((1, 8, 8, 3)))["params"])
     x = jax.device_put(np.random.default_rng(1).uniform(0, 255, (1, lr_size, lr_size, 3))
                        .astype(np.float32))
-    forward = jax.jit(lambda p, v: model.apply({"params": p}, v))
+    forward = jax.jit(lambda p, v: generator.apply_generator(model, p, v))
     start = time.perf_counter()
     jax.block_until_ready(forward(params, x))
     first = time.perf_counter() - start

@@ -400,4 +400,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    from lfcsr_jax import runtime
+
+    runtime.configure()  # GPU runtime settings, before the JAX backend starts
     main()

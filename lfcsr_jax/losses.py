@@ -8,6 +8,7 @@ dtype the networks ran in.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -137,3 +138,49 @@ def lf_penalty(t_y: jax.Array, t_y_obj: jax.Array, s: jax.Array, rho: float) -> 
     """ADMM augmented term rho/2 * mean((T(Y) - T(Y') + s)^2) (mean reduction, REFERENCE.md 6)."""
     residual = _f32(t_y) - _f32(t_y_obj) + _f32(s)
     return 0.5 * rho * jnp.mean(residual * residual)
+
+
+# ----------------------------------------------------------------------------- composition
+# The two stage losses of the paper, as (networks, ...) functions so that tests and ablations can
+# swap them (train_state.Networks.objective_loss_fn / perceptual_loss_fn).
+def paper_objective_loss(networks: Any, y_BxHxWx3: jax.Array, hr_BxHxWx3: jax.Array):
+    """L_O = L1(output, HR)."""
+    loss = l1(y_BxHxWx3, hr_BxHxWx3)
+    return loss, {"objective_l1": loss}
+
+
+def paper_perceptual_loss(
+    networks: Any,
+    y_BxHxWx3: jax.Array,
+    hr_BxHxWx3: jax.Array,
+    fake_logits_Bx1: jax.Array | None,
+    vgg_params: Any,
+):
+    """L_P = w_cx L_CX(VGG(Y), VGG(HR)) + w_lf L1(f_down(Y), f_down(HR)) + w_gan L_Gen(Y).
+
+    Terms with weight 0 are not computed (no VGG pass when contextual_weight == 0).
+    """
+    cfg = networks.config.loss
+    terms: dict[str, jax.Array] = {}
+    total = jnp.float32(0.0)
+    if cfg.contextual_weight:
+        layer = networks.config.model.vgg_layer
+        y_feats = vgg_features(networks, vgg_params, y_BxHxWx3, layer)
+        hr_feats = jax.lax.stop_gradient(vgg_features(networks, vgg_params, hr_BxHxWx3, layer))
+        terms["contextual"] = contextual_loss(y_feats, hr_feats, cfg.contextual_bandwidth)
+        total = total + cfg.contextual_weight * terms["contextual"]
+    if cfg.lr_band_weight:
+        terms["lr_band_l1"] = lr_band_l1(y_BxHxWx3, hr_BxHxWx3)
+        total = total + cfg.lr_band_weight * terms["lr_band_l1"]
+    if cfg.gan_weight:
+        terms["generator_adv"] = generator_adversarial_loss(fake_logits_Bx1)
+        total = total + cfg.gan_weight * terms["generator_adv"]
+    terms["perceptual_total"] = total
+    return total, terms
+
+
+def vgg_features(networks: Any, vgg_params: Any, images: jax.Array, layer: str):
+    if networks.vgg is None:
+        raise ValueError("admm: config.loss.contextual_weight > 0 needs networks.vgg")
+    normalised = vgg_normalise(images, networks.config.loss.vgg_input_scaling)
+    return networks.vgg.apply({"params": vgg_params}, normalised, layers=(layer,))[layer]

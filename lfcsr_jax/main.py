@@ -30,6 +30,9 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from lfcsr_jax import runtime
+
+    runtime.configure()  # GPU runtime settings (CUDA graphs), before the JAX backend starts
     _quiet_orbax_info()
     import tensorflow as tf  # imported here so the flags parse first
 

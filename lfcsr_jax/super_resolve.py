@@ -131,14 +131,14 @@ def _jitted_forwards(model_cfg_json: str) -> tuple[Callable, Callable, Callable]
     perceptual = generator.build_perceptual(model_cfg)
 
     def apply(p, lr_1xhxwx3):
-        y_objective, y_perceptual = model.apply({"params": p}, lr_1xhxwx3)
+        y_objective, y_perceptual = generator.apply_generator(model, p, lr_1xhxwx3)
         return y_objective.astype("float32"), y_perceptual.astype("float32")
 
     def apply_objective(p, lr_1xhxwx3):
-        return objective.apply({"params": p}, lr_1xhxwx3).astype("float32")
+        return generator.apply_generator(objective, p, lr_1xhxwx3).astype("float32")
 
     def apply_perceptual(p, y_1xHxWx3):
-        return perceptual.apply({"params": p}, y_1xHxWx3).astype("float32")
+        return generator.apply_generator(perceptual, p, y_1xHxWx3).astype("float32")
 
     return jax.jit(apply), jax.jit(apply_objective), jax.jit(apply_perceptual)
 
@@ -332,4 +332,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
+    from lfcsr_jax import runtime
+
+    runtime.configure()  # GPU runtime settings, before the JAX backend starts
     main()

@@ -12,9 +12,8 @@ from __future__ import annotations
 import functools
 import json
 import signal
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +22,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lfcsr_jax import admm, checkpointing, schedules, train_logging, validation
+from lfcsr_jax import checkpointing, loop, schedules, steps, train_logging, train_state, validation
 
 
 class UserError(ValueError):
@@ -112,16 +111,6 @@ def phase_lengths(config: ml_collections.ConfigDict) -> dict[str, int]:
     return {phase: schedules.phase_steps(config, phase) for phase in config.train.phases}
 
 
-def phase_at(step: int, lengths: dict[str, int]) -> tuple[str | None, int]:
-    """(phase, step within the phase) for a global step; (None, 0) once every phase is done."""
-    start = 0
-    for phase, length in lengths.items():
-        if step < start + length:
-            return phase, step - start
-        start += length
-    return None, 0
-
-
 # ----------------------------------------------------------------------------- workdir
 
 
@@ -160,11 +149,6 @@ def make_mesh() -> jax.sharding.Mesh:
     # only the step's inputs and outputs carry explicit shardings.
     return jax.make_mesh((jax.device_count(),), ("data",),
                          axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, Any]:
-    return {name: jax.make_array_from_process_local_data(sharding, value)
-            for name, value in local_batch.items()}
 
 
 # ----------------------------------------------------------------------------- preemption
@@ -220,7 +204,7 @@ def load_vgg_params(config: ml_collections.ConfigDict, networks: Any) -> Any:
         return vgg_weights.load_vgg19_params(config.loss.vgg_weights)
     logging.warning("loss.vgg_weights is empty: the contextual loss uses a RANDOM VGG19 "
                     "(fine for tests and the demo; convert ImageNet weights for real training)")
-    return admm.init_vgg_params(jax.random.PRNGKey(config.seed + 1), config, networks)
+    return train_state.init_vgg_params(jax.random.PRNGKey(config.seed + 1), config, networks)
 
 
 def maybe_load_init_checkpoint(config: ml_collections.ConfigDict, state: Any) -> Any:
@@ -229,7 +213,9 @@ def maybe_load_init_checkpoint(config: ml_collections.ConfigDict, state: Any) ->
         return state
     model_cfg, params = checkpointing.load_export(config.train.init_checkpoint)
     ours = config.model.to_dict()
-    mismatched = [k for k in ours if k != "dtype" and k in model_cfg and
+    from lfcsr_jax.models.generator import EXECUTION_FIELDS
+
+    mismatched = [k for k in ours if k not in EXECUTION_FIELDS and k in model_cfg and
                   _as_plain(model_cfg[k]) != _as_plain(ours[k])]
     if mismatched:
         raise UserError(f"train.init_checkpoint={config.train.init_checkpoint!r}: model fields "
@@ -259,7 +245,7 @@ def export_generators(config: ml_collections.ConfigDict, state: Any, workdir: Pa
     """Writes generator params + model config for the evaluation programs (process 0 only)."""
     export_dir = workdir / "export"
     params = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)),
-                                    admm.generator_params(state))
+                                    train_state.generator_params(state))
     if jax.process_index() == 0:
         checkpointing.save_export(export_dir, params, config.model.to_dict(),
                                   extra_info={"step": step,
@@ -271,44 +257,22 @@ def export_generators(config: ml_collections.ConfigDict, state: Any, workdir: Pa
 # ----------------------------------------------------------------------------- the loop
 
 
-def _compile_steps(networks: Any, shardings: Any, batch_sharding: NamedSharding,
-                   mesh: jax.sharding.Mesh) -> dict[str, Callable]:
-    replicated = NamedSharding(mesh, PartitionSpec())
-    batch_shardings = {"lr": batch_sharding, "hr": batch_sharding}
-    pretrain = jax.jit(
-        functools.partial(admm.pretrain_step, networks=networks),
-        in_shardings=(shardings, batch_shardings, replicated),
-        out_shardings=(shardings, replicated), donate_argnums=0)
-    admm_jit = jax.jit(
-        functools.partial(admm.admm_step, networks=networks),
-        in_shardings=(shardings, batch_shardings, replicated, replicated),
-        out_shardings=(shardings, replicated), donate_argnums=0)
-    return {"pretrain": pretrain, "admm": admm_jit}
-
-
-def _run_step(steps: dict[str, Callable], phase: str, state: Any, batch: dict[str, Any],
-              vgg_params: Any, rng: jax.Array) -> tuple[Any, dict[str, Any]]:
-    if phase == "pretrain":
-        return steps["pretrain"](state, batch, vgg_params)
-    return steps["admm"](state, batch, vgg_params, rng)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
     """Runs (or resumes) the configured phases; returns the process exit code."""
     validate_config(config)
     workdir_path = Path(workdir).absolute()
     _claim_workdir(workdir_path, config)
     mesh = make_mesh()
-    networks = admm.make_networks(config)
+    networks = train_state.make_networks(config)
     # Placed once, replicated: the jitted steps then never copy the frozen VGG19 per step.
     vgg_params = jax.device_put(load_vgg_params(config, networks),
                                 NamedSharding(mesh, PartitionSpec()))
 
     rng = jax.random.PRNGKey(config.seed)
-    init_rng, step_rng = jax.random.split(rng)
+    init_rng, _ = jax.random.split(rng)  # the second key once seeded the steps; kept for equal init
     abstract_state = jax.eval_shape(
-        functools.partial(admm.init_train_state, config=config, networks=networks), init_rng)
-    shardings = admm.state_shardings(abstract_state, mesh)
+        functools.partial(train_state.init_train_state, config=config, networks=networks), init_rng)
+    shardings = train_state.state_shardings(abstract_state, mesh)
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     checkpoints = checkpointing.TrainCheckpoints(
         workdir_path / "checkpoints", keep=config.train.keep_checkpoints,
@@ -325,92 +289,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
         # The classic threefry compiles the scanned blocks' init several times faster on CPU
         # (the initial values are still a pure function of config.seed).
         with jax.threefry_partitionable(False):
-            state = jax.jit(functools.partial(admm.init_train_state, config=config,
+            state = jax.jit(functools.partial(train_state.init_train_state, config=config,
                                               networks=networks),
                             out_shardings=shardings)(init_rng)
         state = maybe_load_init_checkpoint(config, state)
         start_step = 0
 
     lengths = phase_lengths(config)
-    total_steps = sum(lengths.values())
-    writer = train_logging.MetricsWriter(workdir_path, config, total_steps)
+    writer = train_logging.MetricsWriter(workdir_path, config, sum(lengths.values()))
     validator = validation.Validator(config, networks)
-    steps = _compile_steps(networks, shardings, batch_sharding, mesh)
-    stream = train_stream(config, start_step)
-    stop = StopRequest()
-    stop.install()
+    train_cfg = config.train
+    trainer = loop.TrainLoop(
+        steps=steps.make_train_steps(networks, shardings, mesh),
+        lengths=lengths, vgg_params=vgg_params, batch_sharding=batch_sharding,
+        stream=train_stream(config, start_step), writer=writer, stop=StopRequest(),
+        checkpoints=checkpoints,
+        hooks=[loop.SampleImages(train_cfg.image_every_steps, validator, writer),
+               loop.Validate(train_cfg.eval_every_steps, validator, writer),
+               loop.SaveCheckpoint(train_cfg.checkpoint_every_steps, train_cfg.eval_every_steps)])
+    trainer.stop.install()
     try:
-        exit_code = _loop(config, state, start_step, total_steps, lengths, stream, steps,
-                          vgg_params, step_rng, batch_sharding, checkpoints, writer, validator,
-                          stop, workdir_path)
+        exit_code = trainer.run(state, start_step)
+        if exit_code == 0 and trainer.step == trainer.total_steps:
+            _finish(config, trainer, validator, writer, workdir_path)
     finally:
-        stop.uninstall()
+        trainer.stop.uninstall()
         checkpoints.close()
         writer.close()
     return exit_code
 
 
-def _record(step: int, lengths: dict[str, int], extra: dict[str, Any] | None = None) -> dict:
-    phase, _ = phase_at(step, lengths)
-    record = {"step": step, "phase": phase or "done", "data_position": step}
-    record.update(extra or {})
-    return record
-
-
-def _loop(config, state, start_step, total_steps, lengths, stream: Iterator[dict], steps,
-          vgg_params, step_rng, batch_sharding, checkpoints, writer, validator, stop,
-          workdir: Path) -> int:
-    train_cfg = config.train
-    pending: tuple[int, str, Any] | None = None  # metrics fetched one step late
-    step = start_step
-    last_validation: dict[str, float] = {}
-    while step < total_steps:
-        if stop.requested():
-            writer.flush_pending(pending)
-            if checkpoints.latest_step() != step:  # the periodic save may have just run
-                checkpoints.save(step, state, _record(step, lengths), force=True)
-            checkpoints.wait_until_finished()
-            print(f"Stopped by {stop.signal_name or 'a signal'} at step {step}; checkpoint "
-                  f"saved in {checkpoints.directory}. Rerun the same command to resume.",
-                  flush=True)
-            return 0
-        phase, _ = phase_at(step, lengths)
-        wait_start = time.perf_counter()
-        local_batch = next(stream)
-        batch = global_batch(local_batch, batch_sharding)
-        writer.add_input_wait(time.perf_counter() - wait_start)
-        state, metrics = _run_step(steps, phase, state, batch, vgg_params,
-                                   jax.random.fold_in(step_rng, step))
-        if pending is not None and not writer.write_step_metrics(*pending):
-            return _stop_non_finite(pending[0], checkpoints)
-        pending = (step, phase, metrics)
-        step += 1
-        if step % train_cfg.image_every_steps == 0:
-            writer.write_samples(step, validator.sample_images(state, local_batch))
-        if step % train_cfg.eval_every_steps == 0 or step == total_steps:
-            last_validation = validator.validate(state, step, writer)
-        if step % train_cfg.checkpoint_every_steps == 0 or step == total_steps:
-            if not writer.write_step_metrics(*pending):
-                return _stop_non_finite(pending[0], checkpoints)
-            pending = None
-            checkpoints.save(step, state, _record(step, lengths, last_validation))
-            if last_validation and step % train_cfg.eval_every_steps == 0:
-                checkpoints.save_best(step, state, _record(step, lengths, last_validation),
-                                      last_validation)
-    if pending is not None and not writer.write_step_metrics(*pending):
-        return _stop_non_finite(pending[0], checkpoints)
-    checkpoints.wait_until_finished()
-    export_dir = export_generators(config, state, workdir, step)
-    if not last_validation:
-        last_validation = validator.validate(state, step, writer)
-    validator.write_summary(workdir, step, last_validation, export_dir)
-    return 0
-
-
-def _stop_non_finite(step: int, checkpoints: checkpointing.TrainCheckpoints) -> int:
-    checkpoints.wait_until_finished()
-    latest = checkpoints.latest_step()
-    print(f"Non-finite loss or input at step {step}: the update was not applied and training "
-          f"stopped. The last good checkpoint (step {latest}) in {checkpoints.directory} is "
-          "intact.", flush=True)
-    return 3
+def _finish(config: ml_collections.ConfigDict, trainer: loop.TrainLoop,
+            validator: validation.Validator, writer: train_logging.MetricsWriter,
+            workdir: Path) -> None:
+    """After the last step: the generator export, a final validation if none ran, summary.md."""
+    export_dir = export_generators(config, trainer.state, workdir, trainer.step)
+    scores = trainer.last_validation or validator.validate(trainer.state, trainer.step, writer)
+    validator.write_summary(workdir, trainer.step, scores, export_dir)

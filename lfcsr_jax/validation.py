@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lfcsr_jax import admm, metrics
+from lfcsr_jax import metrics, train_state
 
 
 def best_metric_modes(config: ml_collections.ConfigDict) -> dict[str, str]:
@@ -46,10 +46,12 @@ class Validator:
         self.bicubic = self._score_bicubic(imresize)
 
     def _both_stages(self, generator_params: dict[str, Any], lr_Bxhxwx3: jax.Array):
-        y_objective = self.networks.objective.apply(
-            {"params": generator_params["objective"]}, lr_Bxhxwx3)
-        y_perceptual = self.networks.perceptual.apply(
-            {"params": generator_params["perceptual"]}, y_objective)
+        from lfcsr_jax.models.generator import apply_generator
+
+        y_objective = apply_generator(self.networks.objective, generator_params["objective"],
+                                      lr_Bxhxwx3)
+        y_perceptual = apply_generator(self.networks.perceptual, generator_params["perceptual"],
+                                       y_objective)
         return y_objective, y_perceptual
 
     def _score_bicubic(self, imresize_module) -> dict[str, float]:
@@ -70,7 +72,7 @@ class Validator:
         return scores
 
     def validate(self, state: Any, step: int, writer: Any) -> dict[str, float]:
-        params = local_copy(admm.generator_params(state))
+        params = local_copy(train_state.generator_params(state))
         objective_out, perceptual_out = [], []
         for image in self.images:
             lr = jnp.asarray(image["lr"], jnp.float32)[None]
@@ -86,7 +88,7 @@ class Validator:
 
     def sample_images(self, state: Any, local_batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """LR (nearest-upscaled), Y', Y and HR crops of the current batch, side by side."""
-        params = local_copy(admm.generator_params(state))
+        params = local_copy(train_state.generator_params(state))
         lr = jnp.asarray(local_batch["lr"][:4], jnp.float32)
         y_objective, y_perceptual = self._forward(params, lr)
         lr_big = np.repeat(np.repeat(local_batch["lr"][:4], self.scale, 1), self.scale, 2)

@@ -18,7 +18,7 @@ import optax
 import pytest
 
 from configs import x4
-from lfcsr_jax import admm, losses, wavelets
+from lfcsr_jax import admm, constraint, losses, pretrain, train_state, wavelets
 
 SCALE = 4
 
@@ -89,9 +89,9 @@ def _sgd():
     return {k: optax.identity() for k in ("objective_tx", "perceptual_tx", "discriminator_tx", "pretrain_tx")}
 
 
-def _networks(config, sgd: bool = False, **fields) -> admm.Networks:
-    txs = _sgd() if sgd else admm.make_optimizers(config)
-    return admm.Networks(
+def _networks(config, sgd: bool = False, **fields) -> train_state.Networks:
+    txs = _sgd() if sgd else train_state.make_optimizers(config)
+    return train_state.Networks(
         objective=TinyObjective(),
         perceptual=TinyPerceptual(),
         discriminator=TinyDiscriminator(),
@@ -111,8 +111,8 @@ def _batch(config, seed: int = 0):
 
 
 def _init(config, networks, seed: int = 0):
-    state = admm.init_train_state(jax.random.key(seed), config, networks)
-    vgg_params = admm.init_vgg_params(jax.random.key(seed + 1), config, networks)
+    state = train_state.init_train_state(jax.random.key(seed), config, networks)
+    vgg_params = train_state.init_vgg_params(jax.random.key(seed + 1), config, networks)
     return state, vgg_params
 
 
@@ -129,7 +129,7 @@ def _tree_equal(a, b) -> bool:
 
 
 def _step(networks):
-    return jax.jit(lambda s, b, v: admm.admm_step(s, b, v, jax.random.key(0), networks))
+    return jax.jit(lambda s, b, v: admm.admm_step(s, b, v, networks))
 
 
 # ----------------------------------------------------------------------------- ADMM on a known problem
@@ -159,7 +159,7 @@ def _constrained_optimum(config, t_one, t_two):
     shape = t_one.shape
     n = int(np.prod(shape))
     basis = np.eye(n, dtype=np.float32).reshape(n, 1, *shape)
-    rows = np.stack([np.asarray(admm.constraint_transform(e, config)).ravel() for e in basis], 1)
+    rows = np.stack([np.asarray(constraint.constraint_transform(e, config)).ravel() for e in basis], 1)
     null_projector = np.eye(n) - np.linalg.pinv(rows) @ rows
     gap = null_projector @ (t_two - t_one).ravel()  # the part of Y - A the constraint allows
     a = (t_one.ravel() + t_two.ravel() - gap) / 2.0
@@ -175,7 +175,7 @@ def test_admm_reaches_the_constrained_optimum(order, band):
     rng = np.random.default_rng(0)
     t_objective, t_perceptual = (10.0 * rng.standard_normal((hr_side, hr_side, 3)) for _ in range(2))
     pixels = hr_side * hr_side * 3
-    t_elements = int(np.prod(admm.constraint_transform(np.zeros((1, hr_side, hr_side, 3)), config).shape))
+    t_elements = int(np.prod(constraint.constraint_transform(np.zeros((1, hr_side, hr_side, 3)), config).shape))
     # Unit penalty weight relative to the losses, and a gradient step of 0.3 in pixel units.
     config.admm.rho = t_elements / pixels
     config.optim.generator_lr = 0.3 * pixels
@@ -228,7 +228,7 @@ def _expected_admm_step(state, batch, vgg_params, networks):
     hr = jnp.asarray(batch["hr"], jnp.float32)
     g_one = lambda p, lr_img: networks.objective.apply({"params": p}, lr_img)  # noqa: E731
     g_two = lambda p, y: networks.perceptual.apply({"params": p}, y)  # noqa: E731
-    t = lambda img: admm.constraint_transform(img, config)  # noqa: E731
+    t = lambda img: constraint.constraint_transform(img, config)  # noqa: E731
 
     def disc(params, stats, images):
         logits, new = networks.discriminator.apply(
@@ -325,7 +325,7 @@ def test_regularizer_step_is_one_joint_gradient_step():
     state, vgg_params = _init(config, networks)
     batch = _batch(config)
     x, hr = (jnp.asarray(batch[k], jnp.float32) for k in ("lr", "hr"))
-    t = lambda img: admm.constraint_transform(img, config)  # noqa: E731
+    t = lambda img: constraint.constraint_transform(img, config)  # noqa: E731
 
     def joint(params):
         y_obj = networks.objective.apply({"params": params["objective"]}, x)
@@ -345,11 +345,11 @@ def test_regularizer_step_is_one_joint_gradient_step():
                + 0.001 * losses.generator_adversarial_loss(logits))
         return jnp.mean(jnp.abs(y_obj - hr)) + l_p + 3.0 * jnp.mean(jnp.abs(t(y) - t(y_obj)))
 
-    params = admm.generator_params(state)
+    params = train_state.generator_params(state)
     grads = jax.jit(jax.grad(joint))(params)
     expected = jax.tree_util.tree_map(lambda p, g: p - 0.05 * g, params, grads)
     new_state, metrics = _step(networks)(state, batch, vgg_params)
-    _tree_allclose(admm.generator_params(new_state), expected)
+    _tree_allclose(train_state.generator_params(new_state), expected)
     assert _tree_equal(new_state.dual_s, state.dual_s)
     assert float(metrics["admm/regulariser"]) > 0.0
 
@@ -362,13 +362,13 @@ def test_s_shapes_of_the_variants():
         (dict(lowpass="gaussian", constrained_band="high"), (4, 16, 16, 3)),
     ]:
         config = _config(**variant)
-        state = jax.eval_shape(lambda r: admm.init_train_state(r, config, _networks(config)), jax.random.key(0))
+        state = jax.eval_shape(lambda r: train_state.init_train_state(r, config, _networks(config)), jax.random.key(0))
         assert state.dual_s.shape == shape and state.dual_s.dtype == jnp.float32, variant
 
 
 def test_bad_admm_config_is_named():
     with pytest.raises(ValueError, match="config.admm.method"):
-        admm.init_train_state(jax.random.key(0), _config(method="sgd"), _networks(_config()))
+        train_state.init_train_state(jax.random.key(0), _config(method="sgd"), _networks(_config()))
 
 
 def test_each_sub_step_changes_only_its_own_params():
@@ -405,7 +405,7 @@ def test_pretrain_step_equals_joint_l1_gradient_step():
         y = networks.perceptual.apply({"params": params["perceptual"]}, y_obj)
         return jnp.mean(jnp.abs(y_obj - hr)) + jnp.mean(jnp.abs(y - hr))
 
-    params = admm.generator_params(state)
+    params = train_state.generator_params(state)
     grads = jax.grad(joint)(params)
     # The perceptual stage's L1 reaches the objective stage (no stop-gradient in pre-training).
     only_objective = jax.grad(
@@ -413,12 +413,12 @@ def test_pretrain_step_equals_joint_l1_gradient_step():
     )(params["objective"])
     assert not _tree_equal(grads["objective"], only_objective)
     expected = jax.tree_util.tree_map(lambda p, g: p - 0.01 * g, params, grads)
-    new_state, metrics = jax.jit(lambda s, b: admm.pretrain_step(s, b, vgg_params, networks))(state, batch)
-    _tree_allclose(admm.generator_params(new_state), expected)
+    new_state, metrics = jax.jit(lambda s, b: pretrain.pretrain_step(s, b, vgg_params, networks))(state, batch)
+    _tree_allclose(train_state.generator_params(new_state), expected)
     assert _tree_equal(new_state.discriminator_params, state.discriminator_params)
     assert _tree_equal(new_state.dual_s, state.dual_s)
     assert int(new_state.pretrain_count) == 1 and int(new_state.admm_count) == 0
-    assert float(metrics["lr/pretrain"]) == pytest.approx(0.01)
+    assert float(metrics["learning_rate/pretrain"]) == pytest.approx(0.01)
 
 
 # ----------------------------------------------------------------------------- compiled behaviour
@@ -430,22 +430,22 @@ def test_steps_trace_once_and_reduce_the_losses_on_a_fixed_batch():
     networks = _networks(config)
     state, vgg_params = _init(config, networks)
     batch = _batch(config)
-    pretrain = jax.jit(
-        chex.assert_max_traces(lambda s, b, v: admm.pretrain_step(s, b, v, networks), n=1),
+    pretrain_fn = jax.jit(
+        chex.assert_max_traces(lambda s, b, v: pretrain.pretrain_step(s, b, v, networks), n=1),
         donate_argnums=0,
     )
     step = jax.jit(
-        chex.assert_max_traces(lambda s, b, v, r: admm.admm_step(s, b, v, r, networks), n=1),
+        chex.assert_max_traces(lambda s, b, v: admm.admm_step(s, b, v, networks), n=1),
         donate_argnums=0,
     )
     history = []
     for _ in range(4):
-        state, metrics = pretrain(state, batch, vgg_params)
+        state, metrics = pretrain_fn(state, batch, vgg_params)
         history.append(float(metrics["loss/pretrain_total"]))
     assert history[-1] < history[0]
     first = None
-    for i in range(8):
-        state, metrics = step(state, batch, vgg_params, jax.random.key(i))
+    for _ in range(8):
+        state, metrics = step(state, batch, vgg_params)
         first = first or {k: float(v) for k, v in metrics.items()}
     assert bool(metrics["all_finite"])
     assert float(metrics["loss/objective_l1"]) < first["loss/objective_l1"]
@@ -461,8 +461,8 @@ def test_non_finite_input_is_reported_and_not_applied():
     batch = {k: v.astype(np.float32) for k, v in _batch(config).items()}
     batch["lr"][1, 2, 3, 0] = np.nan
     for run in (
-        lambda s: admm.admm_step(s, batch, vgg_params, jax.random.key(0), networks),
-        lambda s: admm.pretrain_step(s, batch, vgg_params, networks),
+        lambda s: admm.admm_step(s, batch, vgg_params, networks),
+        lambda s: pretrain.pretrain_step(s, batch, vgg_params, networks),
     ):
         new_state, metrics = jax.jit(run)(state)
         assert not bool(metrics["all_finite"])
@@ -505,18 +505,18 @@ def test_one_and_four_devices_agree():
         return state, metrics
 
     single = run(
-        jax.jit(lambda s, b: admm.admm_step(s, b, vgg_params, jax.random.key(0), networks)),
-        jax.jit(lambda s, b: admm.pretrain_step(s, b, vgg_params, networks)),
+        jax.jit(lambda s, b: admm.admm_step(s, b, vgg_params, networks)),
+        jax.jit(lambda s, b: pretrain.pretrain_step(s, b, vgg_params, networks)),
         state,
     )
     mesh = jax.make_mesh((4,), ("data",))
-    state_sharding = admm.state_shardings(jax.eval_shape(lambda: state), mesh)
+    state_sharding = train_state.state_shardings(jax.eval_shape(lambda: state), mesh)
     batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     shard = dict(in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, replicated))
     sharded = run(
-        jax.jit(lambda s, b: admm.admm_step(s, b, vgg_params, jax.random.key(0), networks), **shard),
-        jax.jit(lambda s, b: admm.pretrain_step(s, b, vgg_params, networks), **shard),
+        jax.jit(lambda s, b: admm.admm_step(s, b, vgg_params, networks), **shard),
+        jax.jit(lambda s, b: pretrain.pretrain_step(s, b, vgg_params, networks), **shard),
         jax.device_put(state, state_sharding),
     )
     assert sharded[0].dual_s.sharding.spec == jax.sharding.PartitionSpec("data")
@@ -556,7 +556,7 @@ def test_admm_schedule_counts_from_the_start_of_the_admm_phase():
     rates = []
     for _ in range(3):
         state, metrics = step(state, _batch(config), vgg_params)
-        rates.append(float(metrics["lr/generator"]))
+        rates.append(float(metrics["learning_rate/generator"]))
     assert rates == pytest.approx([5e-5, 5e-5, 2.5e-5])
     assert int(state.step) == 53 and int(state.admm_count) == 3
 
@@ -572,9 +572,9 @@ def test_real_networks_fit_the_steps(variant, bfloat16):
     if bfloat16:
         config.model.dtype = "bfloat16"
         config.admm.order = "perceptual_first"
-    networks = admm.make_networks(config)
-    state = jax.eval_shape(lambda r: admm.init_train_state(r, config, networks), jax.random.key(0))
-    vgg_params = jax.eval_shape(lambda r: admm.init_vgg_params(r, config, networks), jax.random.key(1))
+    networks = train_state.make_networks(config)
+    state = jax.eval_shape(lambda r: train_state.init_train_state(r, config, networks), jax.random.key(0))
+    vgg_params = jax.eval_shape(lambda r: train_state.init_vgg_params(r, config, networks), jax.random.key(1))
     batch_size, lr_side = config.train.global_batch_size, config.input.lr_patch
     hr_side = lr_side * config.model.scale
     batch = {
@@ -583,17 +583,17 @@ def test_real_networks_fit_the_steps(variant, bfloat16):
     }
     assert state.dual_s.shape == (batch_size, hr_side // 2, hr_side // 2, 3)
     new_state, metrics = jax.eval_shape(
-        lambda s, b, v: admm.admm_step(s, b, v, jax.random.key(0), networks), state, batch, vgg_params
+        lambda s, b, v: admm.admm_step(s, b, v, networks), state, batch, vgg_params
     )
     assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
     assert all(m.shape == () for m in metrics.values())
     for key in ("loss/objective_l1", "loss/contextual", "loss/lr_band_l1", "loss/generator_adv",
                 "loss/discriminator", "admm/residual_l1", "admm/s_norm", "grad_norm/objective",
                 "grad_norm/perceptual", "grad_norm/discriminator", "disc/real_prob", "disc/fake_prob",
-                "lr/generator", "lr/discriminator", "all_finite"):
+                "learning_rate/generator", "learning_rate/discriminator", "all_finite"):
         assert key in metrics, key
     new_state, metrics = jax.eval_shape(
-        lambda s, b, v: admm.pretrain_step(s, b, v, networks), state, batch, vgg_params
+        lambda s, b, v: pretrain.pretrain_step(s, b, v, networks), state, batch, vgg_params
     )
     assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
     if variant == "":

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from configs import x4
-from lfcsr_jax import checkpointing, train, train_logging
+from lfcsr_jax import checkpointing, loop, train, train_logging
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMING_FIELDS = {"steps_per_second", "input_wait_fraction"}
@@ -81,7 +81,7 @@ def test_tiny_runs_both_phases_and_writes_everything(uninterrupted):
     assert rows[-1]["step"] == total
     admm_row = next(r for r in rows if r["phase"] == "admm")
     for key in ("loss/contextual", "admm/residual_l1", "admm/s_norm", "disc/real_logit",
-                "grad_norm/objective", "lr/generator", "steps_per_second"):
+                "grad_norm/objective", "learning_rate/generator", "steps_per_second"):
         assert key in admm_row, key
     assert (uninterrupted / "checkpoints" / "latest" / str(total)).is_dir()
     assert list((uninterrupted / "checkpoints" / "best_psnr_perceptual").iterdir())
@@ -185,9 +185,9 @@ def test_workdir_of_another_config_is_refused(tmp_path):
 
 def test_phase_boundaries():
     lengths = {"pretrain": 3, "admm": 2}
-    assert [train.phase_at(step, lengths)[0] for step in range(6)] == [
+    assert [loop.phase_at(step, lengths)[0] for step in range(6)] == [
         "pretrain", "pretrain", "pretrain", "admm", "admm", None]
-    assert train.phase_at(4, lengths) == ("admm", 1)
+    assert loop.phase_at(4, lengths) == ("admm", 1)
 
 
 def test_init_checkpoint_loads_generators_and_rejects_other_models(tmp_path):
@@ -195,19 +195,19 @@ def test_init_checkpoint_loads_generators_and_rejects_other_models(tmp_path):
 
     import jax
 
-    from lfcsr_jax import admm
+    from lfcsr_jax import train_state
 
     config = x4.get_config("tiny")
-    networks = admm.make_networks(config)
-    init = jax.jit(functools.partial(admm.init_train_state, config=config, networks=networks))
+    networks = train_state.make_networks(config)
+    init = jax.jit(functools.partial(train_state.init_train_state, config=config, networks=networks))
     with jax.threefry_partitionable(False):
         source, fresh = init(jax.random.PRNGKey(1)), init(jax.random.PRNGKey(2))
     export = checkpointing.save_export(tmp_path / "export", jax.device_get(
-        admm.generator_params(source)), config.model.to_dict())
+        train_state.generator_params(source)), config.model.to_dict())
     config.train.init_checkpoint = str(export)
     loaded = train.maybe_load_init_checkpoint(config, fresh)
-    for ours, theirs in zip(jax.tree_util.tree_leaves(admm.generator_params(loaded)),
-                            jax.tree_util.tree_leaves(admm.generator_params(source)), strict=True):
+    for ours, theirs in zip(jax.tree_util.tree_leaves(train_state.generator_params(loaded)),
+                            jax.tree_util.tree_leaves(train_state.generator_params(source)), strict=True):
         np.testing.assert_array_equal(ours, theirs)
     # The discriminator is not part of an export and keeps its fresh initialisation.
     np.testing.assert_array_equal(

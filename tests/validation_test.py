@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import x4
-from lfcsr_jax import admm, lpips, metrics, train, validation
+from lfcsr_jax import lpips, metrics, train, train_state, validation
 
 
 class _Recorder:
@@ -25,9 +25,9 @@ class _Recorder:
 def tiny_state():
     jax.config.update("jax_disable_most_optimizations", True)
     config = x4.get_config("tiny")
-    networks = admm.make_networks(config)
+    networks = train_state.make_networks(config)
     with jax.threefry_partitionable(False):
-        state = jax.jit(functools.partial(admm.init_train_state, config=config,
+        state = jax.jit(functools.partial(train_state.init_train_state, config=config,
                                           networks=networks))(jax.random.PRNGKey(0))
     yield config, networks, state
     jax.config.update("jax_disable_most_optimizations", False)
@@ -65,7 +65,7 @@ def test_validation_scores_both_stages_like_the_metrics_module(tiny_state, tmp_p
             assert np.isfinite(scores[f"{metric}_{stage}"]), (metric, stage)
     # Recompute the objective stage's PSNR of the first image independently.
     image = validator.images[0]
-    params = admm.generator_params(state)
+    params = train_state.generator_params(state)
     y_objective = networks.objective.apply({"params": params["objective"]},
                                            image["lr"][None].astype(np.float32))
     first = metrics.psnr_y(metrics.quantize(np.asarray(y_objective[0])), image["hr"], crop=4)

@@ -46,6 +46,10 @@ class HAN(nn.Module):
     rgb_range: float = 255.0
     dtype: Dtype = jnp.float32
     remat: bool = False  # rematerialise each RCAB in the backward pass (saves activation memory).
+    # Loop structure only (the math is the same): RCABs per iteration of the loop inside a group,
+    # and groups per iteration of the loop over groups (1 = a loop, the count = straight-line).
+    block_unroll: int = 1
+    group_unroll: int = 1
 
     def _upsample(self, x_BxhxwxC: jax.Array) -> jax.Array:
         # EDSR Upsampler: log2(scale) x [conv C->4C, PixelShuffle(2)], or one [conv C->9C, PS(3)].
@@ -70,7 +74,8 @@ class HAN(nn.Module):
             variable_axes={"params": 0},
             split_rngs={"params": True},
             length=self.n_resgroups,
-        )(self.n_resblocks, self.reduction, self.dtype, self.remat, name="groups")
+            unroll=self.group_unroll,
+        )(self.n_resblocks, self.reduction, self.dtype, self.remat, self.block_unroll, name="groups")
         last_group, group_outs_GxBxhxwxC = groups(head_BxhxwxC, None)
         body_BxhxwxC = conv(self.features, 3, self.dtype, "body_conv")(last_group)
 
@@ -107,6 +112,7 @@ class ResClique(nn.Module):
     rgb_range: float = 255.0
     dtype: Dtype = jnp.float32
     remat: bool = False
+    unroll: int = 1  # blocks per loop iteration (n_blocks = straight-line code); same math
 
     @nn.compact
     def __call__(self, y_BxHxWx3: jax.Array) -> jax.Array:
@@ -121,6 +127,7 @@ class ResClique(nn.Module):
             variable_axes={"params": 0},
             split_rngs={"params": True},
             length=self.n_blocks,
+            unroll=self.unroll,
         )(self.growth, self.dtype, name="blocks")
         _, outs_NxBxhxwx4G = blocks(feats_Bxhxwx4G, None)
         n, b, h, w, c = outs_NxBxhxwx4G.shape
@@ -152,6 +159,10 @@ class LFcSR(nn.Module):
 
 # ----------------------------------------------------------------------------- factories
 
+# config.model fields that change how the generators execute, never what they compute: an export
+# made with other values loads and continues training unchanged.
+EXECUTION_FIELDS = ("dtype", "remat", "han_block_unroll", "han_group_unroll", "clique_unroll")
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -177,7 +188,15 @@ def compute_dtype(model_cfg: Any) -> Dtype:
     return _DTYPES[name]
 
 
-def build_objective(model_cfg: Mapping[str, Any] | Any, remat: bool = False) -> HAN:
+def _optional(model_cfg: Any, key: str, default: Any) -> Any:
+    """An execution field (loop structure, remat): absent from older exports' config.json."""
+    try:
+        return model_cfg[key]
+    except (KeyError, AttributeError, TypeError):
+        return default
+
+
+def build_objective(model_cfg: Mapping[str, Any] | Any) -> HAN:
     """G_O from `config.model` (configs/x4.py) or the same keys as a dict."""
     return HAN(
         scale=int(_field(model_cfg, "scale")),
@@ -188,11 +207,13 @@ def build_objective(model_cfg: Mapping[str, Any] | Any, remat: bool = False) -> 
         rgb_mean=tuple(float(v) for v in _field(model_cfg, "rgb_mean")),
         rgb_range=float(_field(model_cfg, "rgb_range")),
         dtype=compute_dtype(model_cfg),
-        remat=remat,
+        remat=bool(_optional(model_cfg, "remat", False)),
+        block_unroll=int(_optional(model_cfg, "han_block_unroll", 1)),
+        group_unroll=int(_optional(model_cfg, "han_group_unroll", 1)),
     )
 
 
-def build_perceptual(model_cfg: Mapping[str, Any] | Any, remat: bool = False) -> ResClique:
+def build_perceptual(model_cfg: Mapping[str, Any] | Any) -> ResClique:
     """G_P from `config.model` (configs/x4.py) or the same keys as a dict."""
     return ResClique(
         n_blocks=int(_field(model_cfg, "clique_blocks")),
@@ -201,15 +222,34 @@ def build_perceptual(model_cfg: Mapping[str, Any] | Any, remat: bool = False) ->
         rgb_mean=tuple(float(v) for v in _field(model_cfg, "rgb_mean")),
         rgb_range=float(_field(model_cfg, "rgb_range")),
         dtype=compute_dtype(model_cfg),
-        remat=remat,
+        remat=bool(_optional(model_cfg, "remat", False)),
+        unroll=int(_optional(model_cfg, "clique_unroll", 1)),
     )
 
 
-def build_lfcsr(model_cfg: Mapping[str, Any] | Any, remat: bool = False) -> LFcSR:
+def build_lfcsr(model_cfg: Mapping[str, Any] | Any) -> LFcSR:
     """The two-stage generator; its params tree is {'objective': ..., 'perceptual': ...}."""
-    return LFcSR(
-        objective=build_objective(model_cfg, remat), perceptual=build_perceptual(model_cfg, remat)
-    )
+    return LFcSR(objective=build_objective(model_cfg), perceptual=build_perceptual(model_cfg))
+
+
+def cast_for_compute(params: Any, dtype: Dtype) -> Any:
+    """Floating params cast to the compute dtype, once.
+
+    Every layer casts its float32 params to `dtype` where it uses them; done inside the scanned
+    blocks, that is one convert kernel per parameter per loop iteration, forward and backward.
+    Casting the whole tree before `apply` does the same arithmetic with one convert per leaf
+    (the layers' own casts are then no-ops), and gradients still arrive in float32."""
+    if dtype == jnp.float32:
+        return params
+    return jax.tree_util.tree_map(
+        lambda leaf: leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf,
+        params)
+
+
+def apply_generator(model: nn.Module, params: Any, x: jax.Array) -> Any:
+    """`model.apply` (HAN, ResClique or LFcSR) with its params cast to the compute dtype once."""
+    dtype = model.objective.dtype if isinstance(model, LFcSR) else model.dtype
+    return model.apply({"params": cast_for_compute(params, dtype)}, x)
 
 
 def init_params(

@@ -67,8 +67,31 @@ class PReLU(nn.Module):
         return jnp.where(x_BxHxWxC >= 0, x_BxHxWxC, slope_C * x_BxHxWxC)
 
 
+class PooledDense(nn.Module):
+    """A 1x1 convolution applied to a pooled (B, C) vector, written as the matrix product it is.
+
+    Params keep nn.Conv's layout and names (kernel (1, 1, in, out), bias (out,)), so converted
+    weights and checkpoints are unchanged. On the (B, C) vector XLA fuses it with the activations
+    around it, where a 1x1 conv on a (B, 1, 1, C) map is a convolution kernel of its own."""
+
+    features: int
+    @nn.compact
+    def __call__(self, x_BxC: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel", TORCH_CONV_INIT, (1, 1, x_BxC.shape[-1], self.features), jnp.float32
+        )
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        # Broadcast-multiply-reduce in float32 rather than a dot: on (B, C) x (C, C/r) shapes a
+        # dot is a library call of its own, while a reduction fuses with its neighbours.
+        products_BxCxF = x_BxC.astype(jnp.float32)[:, :, None] * kernel[0, 0].astype(jnp.float32)
+        return jnp.sum(products_BxCxF, axis=1) + bias.astype(jnp.float32)
+
+
 class ChannelAttention(nn.Module):
-    """RCAN channel attention: GAP -> 1x1 C->C/r -> ReLU -> 1x1 C/r->C -> sigmoid -> scale."""
+    """RCAN channel attention: GAP -> 1x1 C->C/r -> ReLU -> 1x1 C/r->C -> sigmoid -> scale.
+
+    The squeeze/excite maps run on the pooled (B, C) vector as float32 dense math (PooledDense):
+    the arithmetic of the 1x1 convolutions on a 1x1 map, without their kernel launches."""
 
     reduction: int = 16
     dtype: Dtype = jnp.float32
@@ -76,12 +99,11 @@ class ChannelAttention(nn.Module):
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
         channels = x_BxHxWxC.shape[-1]
-        pooled_Bx1x1xC = jnp.mean(x_BxHxWxC.astype(jnp.float32), axis=(1, 2), keepdims=True)
-        pooled_Bx1x1xC = pooled_Bx1x1xC.astype(self.dtype)
-        y = conv(channels // self.reduction, 1, self.dtype, "squeeze")(pooled_Bx1x1xC)
-        y = nn.relu(y)
-        y = conv(channels, 1, self.dtype, "excite")(y)
-        return x_BxHxWxC * nn.sigmoid(y)
+        pooled_BxC = jnp.mean(x_BxHxWxC.astype(jnp.float32), axis=(1, 2))
+        y_BxR = nn.relu(PooledDense(channels // self.reduction, name="squeeze")(pooled_BxC))
+        y_BxC = PooledDense(channels, name="excite")(y_BxR)
+        scale_Bx1x1xC = nn.sigmoid(y_BxC).astype(x_BxHxWxC.dtype)[:, None, None, :]
+        return x_BxHxWxC * scale_Bx1x1xC
 
 
 class RCAB(nn.Module):
@@ -108,6 +130,7 @@ class ResidualGroup(nn.Module):
     reduction: int = 16
     dtype: Dtype = jnp.float32
     remat: bool = False
+    unroll: int = 1  # RCABs per loop iteration; n_resblocks = straight-line code, no loop
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array, _: Any = None) -> tuple[jax.Array, jax.Array]:
@@ -117,6 +140,7 @@ class ResidualGroup(nn.Module):
             variable_axes={"params": 0},
             split_rngs={"params": True},
             length=self.n_resblocks,
+            unroll=self.unroll,
         )(self.reduction, self.dtype, name="blocks")
         y, _ = blocks(x_BxHxWxC, None)
         y = conv(x_BxHxWxC.shape[-1], 3, self.dtype, "conv")(y)
