@@ -102,11 +102,15 @@ def paper_perceptual_loss(
     return total, terms
 
 
-def _vgg_features(networks: "Networks", vgg_params: Params, images: jax.Array, layer: str):
+def _vgg_features(networks: "Networks", vgg_params: Any, images: jax.Array, layer: str):
+    """`vgg_params` is a models.vgg19.VGG19Weights: the input follows the weights' convention."""
+    from lfcsr_jax.models.vgg19 import vgg_input
+
     if networks.vgg is None:
         raise ValueError("admm: config.loss.contextual_weight > 0 needs networks.vgg")
-    normalised = losses.vgg_normalise(images, networks.config.loss.vgg_input_scaling)
-    return networks.vgg.apply({"params": vgg_params}, normalised, layers=(layer,))[layer]
+    normalised = vgg_input(images, vgg_params.input_convention,
+                           networks.config.loss.vgg_input_scaling)
+    return networks.vgg.apply({"params": vgg_params.params}, normalised, layers=(layer,))[layer]
 
 
 # ----------------------------------------------------------------------------- static bundle
@@ -267,10 +271,13 @@ def init_train_state(
 
 
 def init_vgg_params(rng: jax.Array, config: ml_collections.ConfigDict, networks: Networks) -> Params:
-    """Randomly initialised VGG19 params (tests and demo; the paper loads ImageNet weights)."""
+    """Randomly initialised VGG19Weights (tests and demo; the paper loads ImageNet weights)."""
+    from lfcsr_jax.models.vgg19 import VGG19Weights
+
     _, hr_shape = _patch_shapes(config)
     layer = config.model.vgg_layer
-    return networks.vgg.init(rng, jnp.zeros((1, *hr_shape)), layers=(layer,))["params"]
+    params = networks.vgg.init(rng, jnp.zeros((1, *hr_shape)), layers=(layer,))["params"]
+    return VGG19Weights(params, input_convention="torchvision")  # as before the field existed
 
 
 def state_shardings(abstract_state: TrainState, mesh: jax.sharding.Mesh, axis: str = "data"):

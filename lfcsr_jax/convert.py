@@ -334,8 +334,8 @@ def convert_vgg19(input_path: str | os.PathLike, output_path: str | os.PathLike)
     _check_output(output_path, input_path)
     # Keras weights come from Caffe and expect BGR-mean-subtracted input: the convention is
     # stored beside the params so the loss preprocesses correctly.
-    params, input_convention = vgg_weights.load_vgg19_weights(input_path)
-    vgg_weights.save_vgg19_params(output_path, params, input_convention=input_convention)
+    weights = vgg_weights.load_vgg19_weights(input_path)
+    vgg_weights.save_vgg19_params(output_path, weights.params, weights.input_convention)
     return output_path
 
 

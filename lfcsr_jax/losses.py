@@ -15,8 +15,6 @@ import optax
 
 from lfcsr_jax import wavelets
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Additive guards of the authors' contextual loss (Mechrez et al. as in PDASR's functional.py).
 _CX_RELATIVE_EPS = 1e-5
 _CX_LOG_EPS = 1e-5
@@ -30,25 +28,6 @@ def _f32(x: jax.Array) -> jax.Array:
 def l1(a: jax.Array, b: jax.Array) -> jax.Array:
     """Mean absolute difference over all elements (torch L1Loss, reduction='mean')."""
     return jnp.mean(jnp.abs(_f32(a) - _f32(b)))
-
-
-def vgg_normalise(images_BxHxWx3: jax.Array, scaling: str) -> jax.Array:
-    """ImageNet mean/std normalisation of RGB images given on the 0-255 scale.
-
-    'imagenet': divide by 255 first (what VGG19 was trained on; REFERENCE.md 9.3).
-    'reference': the authors' code, which fed 0-255 values into the 0-1 statistics.
-    """
-    x = _f32(images_BxHxWx3)
-    if scaling == "imagenet":
-        x = x / 255.0
-    elif scaling != "reference":
-        raise ValueError(
-            f"config.loss.vgg_input_scaling: unknown value {scaling!r}; "
-            "expected 'imagenet' or 'reference'"
-        )
-    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-    std = jnp.asarray(IMAGENET_STD, jnp.float32)
-    return (x - mean) / std
 
 
 def _l2_normalise(v_NxC: jax.Array) -> jax.Array:

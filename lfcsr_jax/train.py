@@ -33,6 +33,7 @@ class UserError(ValueError):
 PHASES = ("pretrain", "admm")
 METHODS = ("admm", "regularizer")
 INPUT_SOURCES = ("tfds", "folder", "paired", "skimage")
+VGG_INPUT_SCALINGS = ("as_weights", "reference")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -58,9 +59,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.admm.constrained_band not in ("low", "high"):
         problems.append(
             f"admm.constrained_band={config.admm.constrained_band!r}: expected 'low' or 'high'")
-    if config.loss.vgg_input_scaling not in ("imagenet", "reference"):
-        problems.append(f"loss.vgg_input_scaling={config.loss.vgg_input_scaling!r}: expected "
-                        "'imagenet' or 'reference'")
+    problems += _check_vgg_input(config.loss)
     unknown_phases = [p for p in train.phases if p not in PHASES]
     if unknown_phases or not train.phases:
         problems.append(f"train.phases={tuple(train.phases)}: expected a non-empty subset of "
@@ -89,6 +88,26 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             problems.append(f"train.{field}={train[field]} must be positive")
     if problems:
         raise UserError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _check_vgg_input(loss: ml_collections.ConfigDict) -> list[str]:
+    """The scaling must exist and suit the input convention the weights file stores."""
+    from lfcsr_jax import vgg_weights
+
+    if loss.vgg_input_scaling not in VGG_INPUT_SCALINGS:
+        return [f"loss.vgg_input_scaling={loss.vgg_input_scaling!r}: expected one of "
+                f"{VGG_INPUT_SCALINGS}"]
+    if not loss.vgg_weights or not Path(loss.vgg_weights).is_file():
+        return []  # random weights are fed as 'torchvision'; a missing file is reported below
+    try:
+        convention = vgg_weights.read_vgg19_input_convention(loss.vgg_weights)
+    except ValueError as error:
+        return [f"loss.vgg_weights: {error}"]
+    if loss.vgg_input_scaling == "reference" and convention != "torchvision":
+        return [f"loss.vgg_input_scaling='reference' (0-255 values into torchvision's 0-1 "
+                f"statistics, as the authors' code) cannot feed {loss.vgg_weights!r}, whose "
+                f"weights expect the {convention!r} input convention: use 'as_weights'"]
+    return []
 
 
 def _check_input_paths(inp: ml_collections.ConfigDict) -> list[str]:
@@ -213,11 +232,12 @@ def train_stream(config: ml_collections.ConfigDict, start_step: int) -> Iterator
 
 
 def load_vgg_params(config: ml_collections.ConfigDict, networks: Any) -> Any:
-    """Frozen VGG19 weights: converted ImageNet weights when configured, else random (demo)."""
+    """Frozen VGG19Weights (params + the input convention they expect): converted ImageNet
+    weights when configured, else random (demo)."""
     if config.loss.vgg_weights:
         from lfcsr_jax import vgg_weights
 
-        return vgg_weights.load_vgg19_params(config.loss.vgg_weights)
+        return vgg_weights.load_vgg19_weights(config.loss.vgg_weights)
     logging.warning("loss.vgg_weights is empty: the contextual loss uses a RANDOM VGG19 "
                     "(fine for tests and the demo; convert ImageNet weights for real training)")
     return admm.init_vgg_params(jax.random.PRNGKey(config.seed + 1), config, networks)

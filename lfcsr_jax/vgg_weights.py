@@ -6,7 +6,9 @@ they expect (see `lfcsr_jax.models.vgg19.vgg_input`):
   torchvision `vgg19-dcbb9e9d.pth`           -> 'torchvision' (x/255, ImageNet mean/std, RGB)
   Keras `VGG19(weights='imagenet')` .h5 file -> 'caffe' (0-255 minus the Caffe mean; the Keras
       model reads BGR, our converter reorders the first conv's input channels so we feed RGB)
-Our .npz format stores that convention beside the params ('meta/input_convention').
+Our .npz format stores that convention beside the params ('meta/input_convention'), and
+`load_vgg19_weights` returns both together as a `VGG19Weights`, so the loss normalises its input
+as the file's weights require.
 
 Nothing here downloads: every loader takes a local path. torch, safetensors, h5py and keras are
 imported only by the function that needs them.
@@ -23,7 +25,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from lfcsr_jax.models.discriminator import DISCRIMINATOR_BLOCKS, HIDDEN_UNITS, flattened_features
-from lfcsr_jax.models.vgg19 import INPUT_CONVENTIONS, VGG19_BLOCKS, VGG19_CONV_NAMES
+from lfcsr_jax.models.vgg19 import (INPUT_CONVENTIONS, VGG19_BLOCKS, VGG19_CONV_NAMES,
+                                    VGG19Weights)
 
 Params = dict[str, dict[str, np.ndarray]]
 PathLike = str | os.PathLike
@@ -305,11 +308,11 @@ def load_npz_state_dict(path: PathLike) -> dict[str, np.ndarray]:
         raise ValueError(f"{where}: cannot be read as .npz ({error})") from error
 
 
-def save_vgg19_params(path: PathLike, params: Params,
-                      input_convention: str = "torchvision") -> None:
+def save_vgg19_params(path: PathLike, params: Params, input_convention: str) -> None:
     """Writes params as an .npz with flat keys 'conv1_1/kernel', ... and the input convention.
 
-    Pass input_convention='caffe' for params from `vgg19_params_from_keras`.
+    input_convention: 'torchvision' for params from `vgg19_params_from_torchvision`, 'caffe'
+    for params from `vgg19_params_from_keras`.
     """
     if input_convention not in INPUT_CONVENTIONS:
         raise ValueError(f"input_convention {input_convention!r} not in {INPUT_CONVENTIONS}")
@@ -320,54 +323,83 @@ def save_vgg19_params(path: PathLike, params: Params,
         np.savez(f, **flat)
 
 
-def load_vgg19_params(path: PathLike) -> Params:
-    """Reads an .npz written by `save_vgg19_params`; ValueError naming the file on bad content."""
-    return load_vgg19_weights(path)[0]
-
-
-def read_vgg19_input_convention(path: PathLike) -> str:
-    """The input convention ('torchvision' or 'caffe') stored in a `save_vgg19_params` .npz."""
-    return load_vgg19_weights(path)[1]
-
-
-def _vgg19_params_from_npz(where: str, flat: Mapping[str, np.ndarray]) -> tuple[Params, str]:
-    expected = {}
-    for name in VGG19_CONV_NAMES:
-        c_in, c_out = VGG19_CONV_SHAPES[name]
-        expected[f"{name}/kernel"] = (3, 3, c_in, c_out)
-        expected[f"{name}/bias"] = (c_out,)
+def _checked_convention(where: str, flat: Mapping[str, Any]) -> str:
     if _CONVENTION_KEY not in flat:
         raise ValueError(f"{where}: missing key {_CONVENTION_KEY!r} (not written by save_vgg19_params)")
     convention = str(flat[_CONVENTION_KEY])
     if convention not in INPUT_CONVENTIONS:
         raise ValueError(f"{where}: {_CONVENTION_KEY}={convention!r} not in {INPUT_CONVENTIONS}")
+    return convention
+
+
+def _vgg19_params_from_npz(where: str, flat: Mapping[str, np.ndarray]) -> VGG19Weights:
+    expected = {}
+    for name in VGG19_CONV_NAMES:
+        c_in, c_out = VGG19_CONV_SHAPES[name]
+        expected[f"{name}/kernel"] = (3, 3, c_in, c_out)
+        expected[f"{name}/bias"] = (c_out,)
+    convention = _checked_convention(where, flat)
     arrays = _check_keys(where, flat, expected, re.compile(re.escape(_CONVENTION_KEY)))
     params = {name: {"kernel": arrays[f"{name}/kernel"], "bias": arrays[f"{name}/bias"]}
               for name in VGG19_CONV_NAMES}
-    return params, convention
+    return VGG19Weights(params, convention)
 
 
-def load_vgg19_weights(path: PathLike) -> tuple[Params, str]:
-    """Any supported local VGG19 weights file -> (params, input convention).
+def _existing(path: PathLike) -> str:
+    where = os.fspath(path)
+    if not os.path.isfile(where):
+        raise FileNotFoundError(f"VGG19 weights file not found: {where}")
+    return where
+
+
+def _unknown_format(where: str) -> ValueError:
+    return ValueError(f"{where}: unknown VGG19 weights format (expected .npz, .pth, .pt, "
+                      ".safetensors, .h5 or .keras)")
+
+
+def read_vgg19_input_convention(path: PathLike) -> str:
+    """The input convention of a VGG19 weights file without reading its weights.
+
+    By format: Keras files are 'caffe', PyTorch files and torchvision-keyed .npz 'torchvision';
+    our .npz stores it. Used by train.validate_config before any compute.
+    """
+    where = _existing(path)
+    suffix = where.lower()
+    if suffix.endswith((".h5", ".keras")):
+        return "caffe"
+    if suffix.endswith((".pth", ".pt", ".safetensors")):
+        return "torchvision"
+    if not suffix.endswith(".npz"):
+        raise _unknown_format(where)
+    try:
+        with np.load(where, allow_pickle=False) as data:  # lazy: reads the one entry it needs
+            if any(k.startswith("features.") for k in data.files):
+                return "torchvision"
+            meta = {k: data[k] for k in data.files if k == _CONVENTION_KEY}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{where}: cannot be read as .npz ({error})") from error
+    return _checked_convention(where, meta)
+
+
+def load_vgg19_weights(path: PathLike) -> VGG19Weights:
+    """Any supported local VGG19 weights file -> its params with their input convention.
 
     .npz: ours (from `save_vgg19_params`) or torchvision keys; .pth/.pt: torchvision state_dict;
     .safetensors: torchvision keys; .h5/.keras: Keras VGG19 (convention 'caffe').
     """
-    where = os.fspath(path)
-    if not os.path.isfile(where):
-        raise FileNotFoundError(f"VGG19 weights file not found: {where}")
+    where = _existing(path)
     suffix = where.lower()
     if suffix.endswith((".h5", ".keras")):
-        return vgg19_params_from_keras(where), "caffe"
+        return VGG19Weights(vgg19_params_from_keras(where), "caffe")
     if suffix.endswith((".pth", ".pt")):
-        return vgg19_params_from_torchvision(load_torch_state_dict(where), where), "torchvision"
+        return VGG19Weights(vgg19_params_from_torchvision(load_torch_state_dict(where), where),
+                            "torchvision")
     if suffix.endswith(".safetensors"):
         state_dict = load_safetensors_state_dict(where)
-        return vgg19_params_from_torchvision(state_dict, where), "torchvision"
+        return VGG19Weights(vgg19_params_from_torchvision(state_dict, where), "torchvision")
     if suffix.endswith(".npz"):
         flat = load_npz_state_dict(where)
         if any(k.startswith("features.") for k in flat):
-            return vgg19_params_from_torchvision(flat, where), "torchvision"
+            return VGG19Weights(vgg19_params_from_torchvision(flat, where), "torchvision")
         return _vgg19_params_from_npz(where, flat)
-    raise ValueError(f"{where}: unknown VGG19 weights format (expected .npz, .pth, .pt, "
-                     ".safetensors, .h5 or .keras)")
+    raise _unknown_format(where)

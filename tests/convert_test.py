@@ -369,8 +369,9 @@ def test_cli_vgg19_torchvision_round_trip(tmp_path):
         state_dict[f"features.{index}.bias"] = rng.standard_normal(c_out).astype(np.float32)
     np.savez(tmp_path / "vgg.npz", **state_dict)
     convert.main(["vgg19", "--input", f"{tmp_path}/vgg.npz", "--output", f"{tmp_path}/out.npz"])
-    params, convention = vgg_weights.load_vgg19_weights(tmp_path / "out.npz")
-    assert convention == "torchvision"
+    weights = vgg_weights.load_vgg19_weights(tmp_path / "out.npz")
+    assert weights.input_convention == "torchvision"
+    params = weights.params
     # OIHW -> HWIO for conv3_4 (torchvision index 16).
     np.testing.assert_array_equal(params["conv3_4"]["kernel"],
                                   state_dict["features.16.weight"].transpose(2, 3, 1, 0))
