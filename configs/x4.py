@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ml_collections
 
+VARIANTS = ("paper", "demo", "tiny")  # get_config's argument ('' = 'paper').
+
 
 def _model_config() -> ml_collections.ConfigDict:
     model = ml_collections.ConfigDict()
@@ -145,7 +147,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         return _demo(config)
     if arg == "tiny":
         return _tiny(config)
-    raise ValueError(f"configs/x4.py: unknown variant {arg!r}; expected '', 'demo' or 'tiny'")
+    raise ValueError(f"configs/x4.py: unknown variant {arg!r}; expected '' or one of {VARIANTS}")
 
 
 def _small_model(config: ml_collections.ConfigDict, groups: int, blocks: int, feats: int,

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from lfcsr_jax import losses, schedules, wavelets
+from lfcsr_jax import configuration, losses, schedules, wavelets
 
 Params = Any
 Metrics = dict[str, jax.Array]
@@ -59,10 +59,10 @@ ObjectiveLossFn = Callable[..., tuple[jax.Array, Metrics]]
 # (networks, stage output, hr, fake logits or None, vgg params) -> (loss, named terms)
 PerceptualLossFn = Callable[..., tuple[jax.Array, Metrics]]
 
-_METHODS = ("admm", "regularizer")
-_BANDS = ("low", "high")
-_ORDERS = ("objective_first", "perceptual_first")
-_LOWPASS = ("haar", "gaussian")
+_METHODS = configuration.ADMM_METHODS
+_BANDS = configuration.CONSTRAINED_BANDS
+_ORDERS = configuration.STAGE_ORDERS
+_LOWPASS = configuration.LOWPASS_KINDS
 
 
 # ----------------------------------------------------------------------------- loss terms

@@ -23,17 +23,12 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lfcsr_jax import admm, checkpointing, schedules, train_logging, validation
+from lfcsr_jax import (admm, checkpointing, configuration, schedules, train_logging,
+                       validation)
 
 
 class UserError(ValueError):
     """A configuration or input problem, reported as one clear line before any compute."""
-
-
-PHASES = ("pretrain", "admm")
-METHODS = ("admm", "regularizer")
-INPUT_SOURCES = ("tfds", "folder", "paired", "skimage")
-VGG_INPUT_SCALINGS = ("as_weights", "reference")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -50,20 +45,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         problems.append(
             f"input.lr_patch={inp.lr_patch}: the HR patch (lr_patch*scale={hr_patch}) must be a "
             "positive multiple of 8 (two Haar levels and three stride-2 discriminator convs)")
-    if model.dtype not in ("float32", "bfloat16"):
-        problems.append(f"model.dtype={model.dtype!r}: expected 'float32' or 'bfloat16'")
-    if config.admm.method not in METHODS:
-        problems.append(f"admm.method={config.admm.method!r}: expected one of {METHODS}")
-    if config.admm.lowpass not in ("haar", "gaussian"):
-        problems.append(f"admm.lowpass={config.admm.lowpass!r}: expected 'haar' or 'gaussian'")
-    if config.admm.constrained_band not in ("low", "high"):
-        problems.append(
-            f"admm.constrained_band={config.admm.constrained_band!r}: expected 'low' or 'high'")
+    for field, allowed in (("model.dtype", configuration.MODEL_DTYPES),
+                           ("admm.method", configuration.ADMM_METHODS),
+                           ("admm.lowpass", configuration.LOWPASS_KINDS),
+                           ("admm.constrained_band", configuration.CONSTRAINED_BANDS),
+                           ("admm.order", configuration.STAGE_ORDERS)):
+        group, name = field.split(".")
+        if config[group][name] not in allowed:
+            problems.append(f"{field}={config[group][name]!r}: expected one of {allowed}")
     problems += _check_vgg_input(config.loss)
-    unknown_phases = [p for p in train.phases if p not in PHASES]
+    unknown_phases = [p for p in train.phases if p not in configuration.PHASES]
     if unknown_phases or not train.phases:
         problems.append(f"train.phases={tuple(train.phases)}: expected a non-empty subset of "
-                        f"{PHASES}")
+                        f"{configuration.PHASES}")
     batch = train.global_batch_size
     devices, processes = jax.device_count(), jax.process_count()
     if batch <= 0 or batch % devices or batch % processes:
@@ -94,9 +88,9 @@ def _check_vgg_input(loss: ml_collections.ConfigDict) -> list[str]:
     """The scaling must exist and suit the input convention the weights file stores."""
     from lfcsr_jax import vgg_weights
 
-    if loss.vgg_input_scaling not in VGG_INPUT_SCALINGS:
+    if loss.vgg_input_scaling not in configuration.VGG_INPUT_SCALINGS:
         return [f"loss.vgg_input_scaling={loss.vgg_input_scaling!r}: expected one of "
-                f"{VGG_INPUT_SCALINGS}"]
+                f"{configuration.VGG_INPUT_SCALINGS}"]
     if not loss.vgg_weights or not Path(loss.vgg_weights).is_file():
         return []  # random weights are fed as 'torchvision'; a missing file is reported below
     try:
@@ -111,8 +105,8 @@ def _check_vgg_input(loss: ml_collections.ConfigDict) -> list[str]:
 
 
 def _check_input_paths(inp: ml_collections.ConfigDict) -> list[str]:
-    if inp.source not in INPUT_SOURCES:
-        return [f"input.source={inp.source!r}: expected one of {INPUT_SOURCES}"]
+    if inp.source not in configuration.INPUT_SOURCES:
+        return [f"input.source={inp.source!r}: expected one of {configuration.INPUT_SOURCES}"]
     needed = {"folder": ("hr_dir",), "paired": ("hr_dir", "lr_dir")}.get(inp.source, ())
     problems = []
     for field in needed:
