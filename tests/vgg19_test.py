@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lfcsr_jax import vgg_weights
+from lfcsr_jax import state_dicts, vgg_weights
 from lfcsr_jax.models.vgg19 import VGG19Features, vgg_input
 
 _TORCHVISION_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
@@ -246,7 +246,7 @@ def test_torch_and_safetensors_files(tmp_path):
 
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="list.pth"):
-        vgg_weights.load_torch_state_dict(tmp_path / "list.pth")
+        state_dicts.load_state_dict(tmp_path / "list.pth")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,3 +405,23 @@ def test_admm_step_feeds_vgg_the_input_convention_of_its_weights_file(tmp_path, 
     difference = np.max(np.abs(seen[caffe_file] / np.max(seen[caffe_file]) -
                                seen[torchvision_file] / np.max(seen[torchvision_file])))
     assert difference > 0.1
+
+
+def test_validate_config_refuses_reference_scaling_with_caffe_weights(tmp_path):
+    from configs import x4  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax import train  # pylint: disable=import-outside-toplevel
+
+    for convention in ("torchvision", "caffe"):
+        vgg_weights.save_vgg19_params(tmp_path / f"{convention}.npz", _random_params(), convention)
+    config = x4.get_config("tiny")
+    config.loss.vgg_input_scaling = "reference"
+    config.loss.vgg_weights = str(tmp_path / "torchvision.npz")
+    train.validate_config(config)  # the authors' scaling of torchvision weights: allowed
+    config.loss.vgg_weights = str(tmp_path / "caffe.npz")
+    with pytest.raises(train.UserError, match="vgg_input_scaling='reference'.*'caffe'"):
+        train.validate_config(config)
+    config.loss.vgg_input_scaling = "as_weights"
+    train.validate_config(config)
+    config.loss.vgg_input_scaling = "imagenet"  # the old name of 'as_weights'
+    with pytest.raises(train.UserError, match="vgg_input_scaling='imagenet'"):
+        train.validate_config(config)
