@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ml_collections
 
+VARIANTS = ("paper", "demo", "tiny")  # get_config's argument ('' = 'paper').
+
 
 def _model_config() -> ml_collections.ConfigDict:
     model = ml_collections.ConfigDict()
@@ -45,11 +47,15 @@ def _loss_config() -> ml_collections.ConfigDict:
     loss.contextual_bandwidth = 0.1  # h of the contextual loss.
     loss.lr_band_weight = 1.0  # weight of L1 on the two-level Haar LL (f_down, Eq. 6).
     loss.gan_weight = 0.001  # weight of the non-saturating generator loss.
-    # 'imagenet': images / 255 then ImageNet mean/std (our default, REFERENCE.md 9.3);
-    # 'reference': 0-255 values into 0-1 statistics, as the authors' code did.
-    loss.vgg_input_scaling = "imagenet"
+    # How the 0-255 image reaches VGG19, whose weights file names its own input convention
+    # ('torchvision': [0, 1] then ImageNet mean/std; 'caffe' (Keras): 0-255 minus the Caffe mean).
+    # 'as_weights': exactly what that convention requires (our default, REFERENCE.md 9.3);
+    # 'reference': 0-255 values into the 0-1 ImageNet statistics, as the authors' code did
+    # (torchvision-convention weights only).
+    loss.vgg_input_scaling = "as_weights"
     # Local file with VGG19 ImageNet weights converted by `python -m lfcsr_jax.convert vgg19`.
-    # Empty: a randomly initialised VGG19 (fine for tests and the demo, not for the paper).
+    # Empty: a randomly initialised VGG19 (fine for tests and the demo, not for the paper), fed
+    # as torchvision-convention weights.
     loss.vgg_weights = ""
     return loss
 
@@ -146,7 +152,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         return _demo(config)
     if arg == "tiny":
         return _tiny(config)
-    raise ValueError(f"configs/x4.py: unknown variant {arg!r}; expected '', 'demo' or 'tiny'")
+    raise ValueError(f"configs/x4.py: unknown variant {arg!r}; expected '' or one of {VARIANTS}")
 
 
 def _small_model(config: ml_collections.ConfigDict, groups: int, blocks: int, feats: int,

@@ -26,7 +26,6 @@ REFERENCE.md section 10: G_O ~16.41 M MAC, G_P ~10.37 M MAC per LR pixel; D 1.46
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import statistics
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+from lfcsr_jax.configuration import load_config_file
 
 REFERENCE_MAC_PER_LR_PIXEL = {"objective": 16.41e6, "perceptual": 10.37e6}
 XLA_SCAN_NOTE = ("XLA cost analysis counts a scanned loop body once (HAN groups/RCABs and "
@@ -210,17 +211,6 @@ def report(model_cfg: Mapping[str, Any], hr_patch: int, lr_size: int = 128, repe
     return out
 
 
-def load_config(spec: str):
-    """`path/to/config.py[:arg]` -> get_config(arg) (the ml_collections config-file convention)."""
-    path, _, arg = spec.partition(":")
-    if not Path(path).is_file():
-        raise SystemExit(f"complexity: --config file {path} not found")
-    module_spec = importlib.util.spec_from_file_location("_lfcsr_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m lfcsr_jax.complexity", description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="configs/x4.py[:variant]")
@@ -229,7 +219,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no_latency", action="store_true", help="skip the (slow on CPU) timing")
     p.add_argument("--output", default="", help="also write the JSON here")
     args = p.parse_args(argv)
-    config = load_config(args.config)
+    try:
+        config = load_config_file(args.config)
+    except FileNotFoundError as error:
+        raise SystemExit(f"complexity: --config: {error}") from error
     model_cfg = config.model.to_dict()
     hr_patch = int(config.input.lr_patch) * int(model_cfg["scale"])
     out = report(model_cfg, hr_patch, args.latency_size, args.repeats, not args.no_latency)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -22,13 +21,14 @@ from typing import Any, Callable, Iterator, Mapping
 import jax
 import numpy as np
 
+from lfcsr_jax.configuration import load_config_file
 from lfcsr_jax.models import generator
+from lfcsr_jax.state_dicts import load_state_dict
 
 StateDict = Mapping[str, Any]
 Params = dict[str, Any]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "x4.py"
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -240,66 +240,6 @@ def pdasr_params_from_state_dict(state_dict: StateDict, model_cfg: Any) -> Param
     return {"objective": objective, "perceptual": perceptual}
 
 
-# ----------------------------------------------------------------------------- loaders
-
-def _unwrap(checkpoint: Any, path: Path) -> Mapping[str, Any]:
-    """A bare state_dict, or one nested under 'state_dict' / 'model' (training checkpoints)."""
-    if not isinstance(checkpoint, Mapping):
-        raise ValueError(
-            f"{path}: expected a state_dict (names -> tensors), got {type(checkpoint).__name__}"
-        )
-    for wrapper in ("state_dict", "model"):
-        inner = checkpoint.get(wrapper)
-        if isinstance(inner, Mapping):
-            return inner
-    return checkpoint
-
-
-def _load_torch(path: Path) -> dict[str, Any]:
-    try:
-        import torch  # Only this format needs torch.
-    except ImportError as e:
-        raise ImportError(
-            f"{path}: reading PyTorch files needs torch; convert to .npz/.safetensors elsewhere"
-        ) from e
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    return {
-        str(k): (v.detach().cpu().float().numpy() if isinstance(v, torch.Tensor) else v)
-        for k, v in _unwrap(checkpoint, path).items()
-    }
-
-
-def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """A state_dict as numpy arrays from .pt/.pth (torch, imported lazily), .npz or .safetensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix in TORCH_SUFFIXES:
-        return _load_torch(path)
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            return {k: archive[k] for k in archive.files}
-    if suffix == ".safetensors":
-        from safetensors.numpy import load_file
-
-        return dict(load_file(str(path)))
-    known = TORCH_SUFFIXES + (".npz", ".safetensors")
-    raise ValueError(f"{path}: unknown weight format {suffix!r}; expected one of {known}")
-
-
-def load_model_config(spec: str | os.PathLike) -> Any:
-    """`config.model` of a config file given as `path.py` or `path.py:variant`."""
-    file, _, variant = str(spec).partition(":")
-    path = Path(file)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: config file not found")
-    module_spec = importlib.util.spec_from_file_location(f"_lfcsr_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(variant).model
-
-
 # ----------------------------------------------------------------------------- CLI
 
 def _check_output(output: Path, source: Path) -> None:
@@ -319,7 +259,7 @@ def convert_pdasr(
 
     input_path, output_dir = Path(input_path), Path(output_dir)
     _check_output(output_dir, input_path)
-    model_cfg = load_model_config(config)
+    model_cfg = load_config_file(config).model
     params = pdasr_params_from_state_dict(load_state_dict(input_path), model_cfg)
     model_dict = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
     extra = {"converted_from": str(input_path.resolve()), "converter": "lfcsr_jax.convert pdasr"}
@@ -334,8 +274,8 @@ def convert_vgg19(input_path: str | os.PathLike, output_path: str | os.PathLike)
     _check_output(output_path, input_path)
     # Keras weights come from Caffe and expect BGR-mean-subtracted input: the convention is
     # stored beside the params so the loss preprocesses correctly.
-    params, input_convention = vgg_weights.load_vgg19_weights(input_path)
-    vgg_weights.save_vgg19_params(output_path, params, input_convention=input_convention)
+    weights = vgg_weights.load_vgg19_weights(input_path)
+    vgg_weights.save_vgg19_params(output_path, weights.params, weights.input_convention)
     return output_path
 
 

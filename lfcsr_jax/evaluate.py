@@ -108,12 +108,10 @@ def load_dataset(data_dir: str | Path, name: str, scale: int) -> list[dict[str, 
 
     'hr_gray' is True when the HR file is single-channel (scored on gray levels, metrics.py).
     """
-    from lfcsr_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax import benchmarks  # pylint: disable=import-outside-toplevel
 
-    if not hasattr(input_pipeline, "load_benchmark"):
-        return _load_dataset_fallback(Path(data_dir), name, scale)
-    directory = input_pipeline.find_benchmark(data_dir, name)
-    items = [dict(item) for item in input_pipeline.load_benchmark(directory, scale=scale)]
+    directory = benchmarks.find_benchmark(data_dir, name)
+    items = [dict(item) for item in benchmarks.load_benchmark(directory, scale=scale)]
     gray_names = _single_channel_names(directory)
     for item in items:
         item.setdefault("hr_gray", item["name"] in gray_names)
@@ -127,9 +125,9 @@ def _single_channel_names(directory: Path) -> set[str]:
     """Names (file stem, stem without _HR, index.csv canonical name) of 1-channel HR files."""
     from PIL import Image  # pylint: disable=import-outside-toplevel
 
-    from lfcsr_jax import image_io, input_pipeline  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax import benchmarks, image_io  # pylint: disable=import-outside-toplevel
 
-    canonical = input_pipeline.benchmark_names(directory)
+    canonical = benchmarks.benchmark_names(directory)
     names: set[str] = set()
     for sub in ("HR", "hr", "GTmod12", "image_SRF_4", "."):
         if not (directory / sub).is_dir():
@@ -140,31 +138,6 @@ def _single_channel_names(directory: Path) -> set[str]:
                     names |= {path.stem, path.stem.removesuffix("_HR"), canonical.get(path.name, "")}
         break
     return names - {""}
-
-
-def _load_dataset_fallback(data_dir: Path, name: str, scale: int) -> list[dict[str, Any]]:
-    """HR + LR_bicubic/X{scale} (or HR only) under data_dir/name; a private minimal reader."""
-    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
-    from lfcsr_jax.imresize import imresize, modcrop  # pylint: disable=import-outside-toplevel
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-
-    root = data_dir / name
-    if not (root / "HR").is_dir():
-        raise FileNotFoundError(f"dataset {name}: no folder {root / 'HR'}")
-    lr_dir = root / "LR_bicubic" / f"X{scale}"
-    lr_files = {p.stem.lower().replace("_lr", "").removesuffix(f"x{scale}"): p
-                for p in image_io.list_images(lr_dir)} if lr_dir.is_dir() else {}
-    items = []
-    for hr_path in image_io.list_images(root / "HR"):
-        hr = modcrop(image_io.read_image(hr_path), scale)
-        lr_path = lr_files.get(hr_path.stem.lower().replace("_hr", ""))
-        lr = image_io.read_image(lr_path) if lr_path else imresize(hr, 1.0 / scale)
-        if lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:
-            raise ValueError(f"{lr_path}: LR {lr.shape} is not HR {hr.shape} / {scale}")
-        with Image.open(hr_path) as img:
-            gray = img.mode in _GRAY_MODES
-        items.append({"name": hr_path.stem, "lr": lr, "hr": hr, "hr_gray": gray})
-    return items
 
 
 def bicubic_predictor(scale: int) -> Predictor:

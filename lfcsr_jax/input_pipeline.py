@@ -1,4 +1,4 @@
-"""Training patches and evaluation images: TFDS DIV2K, image folders, benchmark sets.
+"""Training patches and validation images: TFDS DIV2K, image folders, scikit-image photos.
 
 Every source is decoded ONCE into memory and checked before training starts (unreadable files,
 too-small images and LR/HR size mismatches raise errors naming the files). LR made from HR-only
@@ -10,15 +10,17 @@ offset and the three flips. Hence the stream is deterministic, process p of P pr
 [p*b, (p+1)*b) of every global batch (b = global_batch / P), and resuming is starting at a step:
 no tf.data iterator state is ever saved.
 
-Crops and flips are one `tf.gather` per patch from all images packed into a single (pixels, 3)
-buffer: the flips and the transpose only permute the gathered pixel indices.
+All images of one resolution are packed row-wise into one (rows, width, 3) buffer (portrait
+images stored transposed): a crop is one `tf.slice` of that buffer, then the flips and the
+transpose are reversals and a transpose of the small patch. The same (top, left) and flips, scaled,
+cut the HR patch, so LR and HR stay aligned. Benchmark folders are read by `lfcsr_jax.benchmarks`
+with the pair builders here (`pairs_from_hr_files`, `pairs_from_folders`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import csv
 import dataclasses
 import hashlib
 import logging
@@ -32,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from lfcsr_jax import image_io
+from lfcsr_jax.configuration import INPUT_SOURCES
 from lfcsr_jax.imresize import imresize, modcrop
 
 # scikit-image's bundled photos (no network). Validation photos are distinct scenes from training
@@ -39,10 +42,6 @@ from lfcsr_jax.imresize import imresize, modcrop
 SKIMAGE_TRAIN = ("astronaut.png", "motorcycle_left.png", "motorcycle_right.png", "ihc.png",
                  "rocket.jpg", "hubble_deep_field.jpg", "retina.jpg")
 SKIMAGE_VALIDATION = ("chelsea.png", "coffee.png", "color.png")
-
-# Benchmark folder names under a data root; B100 is BSD100's other name.
-_BENCHMARK_ALIASES = {"bsd100": ("BSD100", "B100", "bsd100", "b100"),
-                      "b100": ("BSD100", "B100", "bsd100", "b100")}
 
 _LR_CACHE: dict[tuple[Any, ...], np.ndarray] = {}  # LR made by imresize, keyed by file + scale.
 
@@ -75,7 +74,7 @@ class ImagePair:
         return {"name": self.name, "lr": self.lr, "hr": self.hr}
 
 
-def _checked_pair(hr: np.ndarray, lr: np.ndarray, scale: int, hr_name: str,
+def checked_pair(hr: np.ndarray, lr: np.ndarray, scale: int, hr_name: str,
                   lr_name: str) -> ImagePair:
     """Crops HR top-left to LR * scale; an error naming both files when the sizes disagree."""
     lr_h, lr_w = lr.shape[:2]
@@ -180,7 +179,7 @@ def _pair_from_hr_file(path: Path, scale: int, cache_dir: Path | None = None) ->
     return ImagePair(path.stem, hr, lr, origin=str(path))
 
 
-def _pairs_from_hr_files(paths: Sequence[Path], scale: int, cache_dir: str | os.PathLike = "",
+def pairs_from_hr_files(paths: Sequence[Path], scale: int, cache_dir: str | os.PathLike = "",
                          hr_dirs: Sequence[Path] = ()) -> list[ImagePair]:
     """Decode + imresize (or read the LR cache) in threads: PIL's inflate and numpy's BLAS
     release the GIL. `cache_dir` '' caches in memory only; else it must lie outside `hr_dirs`
@@ -192,21 +191,21 @@ def _pairs_from_hr_files(paths: Sequence[Path], scale: int, cache_dir: str | os.
         return list(pool.map(lambda p: _pair_from_hr_file(p, scale, cache), paths))
 
 
-def _pair_key(stem: str, scale: int) -> str:
+def pair_key(stem: str, scale: int) -> str:
     """Shared name of an HR/LR file pair: drops 'x4' (EDSR/DIV2K) and '_HR'/'_LR' (SelfExSR)."""
     key = stem.lower()
     key = re.sub(rf"x{scale}$", "", key)
     return re.sub(r"_(hr|lr)$", "", key)
 
 
-def _pairs_from_folders(hr_dir: str | os.PathLike, lr_dir: str | os.PathLike, scale: int,
+def pairs_from_folders(hr_dir: str | os.PathLike, lr_dir: str | os.PathLike, scale: int,
                         limit: int | None = None) -> list[ImagePair]:
     """HR/LR folders matched by name (DIV2K/EDSR 'x4' suffix, SelfExSR _HR/_LR, same names)."""
     hr_files = image_io.list_images(hr_dir)[:limit]
-    lr_by_key = {_pair_key(p.stem, scale): p for p in image_io.list_images(lr_dir)}
+    lr_by_key = {pair_key(p.stem, scale): p for p in image_io.list_images(lr_dir)}
     lr_files = []
     for hr_path in hr_files:
-        lr_path = lr_by_key.get(_pair_key(hr_path.stem, scale))
+        lr_path = lr_by_key.get(pair_key(hr_path.stem, scale))
         if lr_path is None:
             raise FileNotFoundError(
                 f"no LR image in {lr_dir} for HR {hr_path} (looked for a file named like "
@@ -214,7 +213,7 @@ def _pairs_from_folders(hr_dir: str | os.PathLike, lr_dir: str | os.PathLike, sc
         lr_files.append(lr_path)
     hrs = image_io.read_images(hr_files)
     lrs = image_io.read_images(lr_files)
-    return [_checked_pair(hr, lr, scale, str(hp), str(lp))
+    return [checked_pair(hr, lr, scale, str(hp), str(lp))
             for hr, lr, hp, lp in zip(hrs, lrs, hr_files, lr_files)]
 
 
@@ -244,7 +243,7 @@ def _tfds_pairs(input_cfg: Any, split: str, scale: int) -> list[ImagePair]:
     pairs = []
     for index, example in enumerate(tfds.as_numpy(ds)):
         name = f"{input_cfg.tfds_name}:{split}[{index}]"
-        pair = _checked_pair(np.asarray(example["hr"]), np.asarray(example["lr"]), scale,
+        pair = checked_pair(np.asarray(example["hr"]), np.asarray(example["lr"]), scale,
                              name + "/hr", name + "/lr")
         pairs.append(dataclasses.replace(pair, name=f"{split.split('[')[0]}_{index:04d}",
                                          origin=name))
@@ -260,17 +259,17 @@ def load_training_images(input_cfg: Any, scale: int) -> list[ImagePair]:
         pairs = _tfds_pairs(input_cfg, "train", scale)
     elif source == "folder":
         hr_dir = _required(input_cfg, "hr_dir")
-        pairs = _pairs_from_hr_files(image_io.list_images(hr_dir), scale,
-                                     _lr_cache_dir(input_cfg), [Path(hr_dir)])
+        pairs = pairs_from_hr_files(image_io.list_images(hr_dir), scale,
+                                     input_cfg.lr_cache_dir, [Path(hr_dir)])
     elif source == "paired":
-        pairs = _pairs_from_folders(_required(input_cfg, "hr_dir"),
+        pairs = pairs_from_folders(_required(input_cfg, "hr_dir"),
                                     _required(input_cfg, "lr_dir"), scale)
     elif source == "skimage":
-        pairs = _pairs_from_hr_files(_skimage_files(SKIMAGE_TRAIN), scale,
-                                     _lr_cache_dir(input_cfg))
+        pairs = pairs_from_hr_files(_skimage_files(SKIMAGE_TRAIN), scale,
+                                     input_cfg.lr_cache_dir)
     else:
-        raise ValueError(f"config.input.source: unknown {source!r}; expected "
-                         "'tfds', 'folder', 'paired' or 'skimage'")
+        raise ValueError(f"config.input.source: unknown {source!r}; expected one of "
+                         f"{INPUT_SOURCES}")
     patch = input_cfg.lr_patch
     for pair in pairs:
         if min(pair.lr.shape[:2]) < patch:
@@ -279,11 +278,6 @@ def load_training_images(input_cfg: Any, scale: int) -> list[ImagePair]:
                 f"{pair.hr.shape[1]}x{pair.hr.shape[0]} (LR {pair.lr.shape[1]}x{pair.lr.shape[0]}),"
                 f" smaller than one HR patch {patch * scale}x{patch * scale} (LR {patch}x{patch})")
     return pairs
-
-
-def _lr_cache_dir(input_cfg: Any) -> str:
-    # getattr: configs written before the field existed keep the in-memory cache.
-    return getattr(input_cfg, "lr_cache_dir", "") or ""
 
 
 def _required(input_cfg: Any, field: str) -> str:
@@ -427,7 +421,7 @@ def create_train_iterator(input_cfg: Any, scale: int, global_batch_size: int, se
 
 
 # ---------------------------------------------------------------------------------------------
-# Whole images for validation and the benchmark sets.
+# Whole images for validation (the benchmark sets: lfcsr_jax.benchmarks).
 
 
 def load_validation_set(input_cfg: Any, scale: int) -> list[dict[str, Any]]:
@@ -441,109 +435,19 @@ def load_validation_set(input_cfg: Any, scale: int) -> list[dict[str, Any]]:
     if source == "tfds":
         pairs = _tfds_pairs(input_cfg, f"validation[:{count}]", scale)
     elif source == "skimage":
-        pairs = _pairs_from_hr_files(_skimage_files(SKIMAGE_VALIDATION[:count]), scale,
-                                     _lr_cache_dir(input_cfg))
+        pairs = pairs_from_hr_files(_skimage_files(SKIMAGE_VALIDATION[:count]), scale,
+                                     input_cfg.lr_cache_dir)
     elif source in ("folder", "paired"):
         if not input_cfg.val_hr_dir:
             logging.warning("config.input.val_hr_dir is empty: no validation images")
             return []
         if input_cfg.val_lr_dir:
-            pairs = _pairs_from_folders(input_cfg.val_hr_dir, input_cfg.val_lr_dir, scale, count)
+            pairs = pairs_from_folders(input_cfg.val_hr_dir, input_cfg.val_lr_dir, scale, count)
         else:
             val_files = image_io.list_images(input_cfg.val_hr_dir)[:count]
-            pairs = _pairs_from_hr_files(val_files, scale, _lr_cache_dir(input_cfg),
+            pairs = pairs_from_hr_files(val_files, scale, input_cfg.lr_cache_dir,
                                          [Path(input_cfg.val_hr_dir)])
     else:
-        raise ValueError(f"config.input.source: unknown {source!r}; expected "
-                         "'tfds', 'folder', 'paired' or 'skimage'")
+        raise ValueError(f"config.input.source: unknown {source!r}; expected one of "
+                         f"{INPUT_SOURCES}")
     return [pair.as_dict() for pair in pairs]
-
-
-def find_benchmark(data_dir: str | os.PathLike, name: str) -> Path:
-    """The folder of benchmark `name` (Set5, Set14, BSD100/B100, Urban100, Manga109) under a root.
-
-    Looks at data_dir/<name>, data_dir/{benchmarks,benchmark,testsets,datasets}/<name> and
-    data_dir itself, matching names case-insensitively (B100 and BSD100 are one set).
-    """
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"benchmark root {str(root)!r} does not exist")
-    wanted = {n.lower() for n in _BENCHMARK_ALIASES.get(name.lower(), (name,))}
-    parents = [root] + [root / sub for sub in ("benchmarks", "benchmark", "testsets", "datasets")]
-    if root.name.lower() in wanted:
-        return root
-    for parent in parents:
-        if parent.is_dir():
-            for child in sorted(parent.iterdir()):
-                if child.is_dir() and child.name.lower() in wanted:
-                    return child
-    raise FileNotFoundError(
-        f"benchmark {name!r} not found under {root} (searched {', '.join(map(str, parents))} "
-        f"for a folder named {' or '.join(sorted(wanted))})")
-
-
-def _first_dir(directory: Path, candidates: Sequence[str]) -> Path | None:
-    for candidate in candidates:
-        if (directory / candidate).is_dir():
-            return directory / candidate
-    return None
-
-
-def benchmark_names(directory: str | os.PathLike) -> dict[str, str]:
-    """HR file name -> usual image name, from a SelfExSR-style index.csv in `directory` ({} when
-    there is none)."""
-    index = Path(directory) / "index.csv"
-    if not index.is_file():
-        return {}
-    with open(index, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "hr_file" not in rows[0] or "canonical_name" not in rows[0]:
-        raise ValueError(f"{index}: expected columns hr_file and canonical_name")
-    return {Path(row["hr_file"]).name: row["canonical_name"] for row in rows}
-
-
-_canonical_names = benchmark_names  # the earlier private name.
-
-
-def load_benchmark(directory: str | os.PathLike, scale: int = 4, *, regenerate_lr: bool = False,
-                   lr_cache_dir: str | os.PathLike = "") -> list[dict[str, Any]]:
-    """[{'name', 'lr', 'hr'}] of a benchmark folder, whole images, HR cropped to LR * scale.
-
-    Layouts: SelfExSR (HR/img_NNN_SRF_4_HR.png + LR_bicubic/X4/img_NNN_SRF_4_LR.png, names from
-    index.csv), EDSR (HR/<name>.png + LR_bicubic/X4/<name>x4.png), BasicSR (GTmod12/ +
-    LRbicx4/), SelfExSR's original image_SRF_4/ (both in one folder), or HR only (a folder of
-    images, or HR/ without LR): the LR is then MATLAB-bicubic imresize of the modcropped HR, as
-    it also is for every layout when `regenerate_lr`. Such LR is kept in `lr_cache_dir` when
-    given (outside `directory`), else in memory.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"benchmark folder {str(directory)!r} does not exist")
-    hr_dir = _first_dir(directory, ("HR", "hr", f"GTmod{scale * 3}", f"GTmod{scale}", "GTmod12"))
-    lr_dir = _first_dir(directory, (f"LR_bicubic/X{scale}", f"LR_bicubic/x{scale}",
-                                    f"LRbicx{scale}", f"LR/X{scale}", f"LR/x{scale}", "LR", "lr"))
-    selfexsr = directory / f"image_SRF_{scale}"
-    if hr_dir is None and selfexsr.is_dir():
-        files = image_io.list_images(selfexsr)
-        hr_files = [p for p in files if p.stem.endswith("_HR")]
-        if regenerate_lr:
-            pairs = _pairs_from_hr_files(hr_files, scale, lr_cache_dir, [directory])
-        else:
-            lr_by_key = {_pair_key(p.stem, scale): p for p in files if p.stem.endswith("_LR")}
-            pairs = []
-            for hp in hr_files:
-                lp = lr_by_key.get(_pair_key(hp.stem, scale))
-                if lp is None:
-                    raise FileNotFoundError(f"no LR image in {selfexsr} for HR {hp}")
-                pairs.append(_checked_pair(image_io.read_image(hp), image_io.read_image(lp),
-                                           scale, str(hp), str(lp)))
-    else:
-        hr_dir = hr_dir or directory
-        if lr_dir is None or regenerate_lr:
-            pairs = _pairs_from_hr_files(image_io.list_images(hr_dir), scale, lr_cache_dir,
-                                         [directory])
-        else:
-            pairs = _pairs_from_folders(hr_dir, lr_dir, scale)
-    names = benchmark_names(directory)
-    return [{"name": names.get(Path(p.origin).name, re.sub(r"_HR$", "", p.name)),
-             "lr": p.lr, "hr": p.hr} for p in pairs]

@@ -16,8 +16,6 @@ import optax
 
 from lfcsr_jax import wavelets
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Additive guards of the authors' contextual loss (Mechrez et al. as in PDASR's functional.py).
 _CX_RELATIVE_EPS = 1e-5
 _CX_LOG_EPS = 1e-5
@@ -31,25 +29,6 @@ def _f32(x: jax.Array) -> jax.Array:
 def l1(a: jax.Array, b: jax.Array) -> jax.Array:
     """Mean absolute difference over all elements (torch L1Loss, reduction='mean')."""
     return jnp.mean(jnp.abs(_f32(a) - _f32(b)))
-
-
-def vgg_normalise(images_BxHxWx3: jax.Array, scaling: str) -> jax.Array:
-    """ImageNet mean/std normalisation of RGB images given on the 0-255 scale.
-
-    'imagenet': divide by 255 first (what VGG19 was trained on; REFERENCE.md 9.3).
-    'reference': the authors' code, which fed 0-255 values into the 0-1 statistics.
-    """
-    x = _f32(images_BxHxWx3)
-    if scaling == "imagenet":
-        x = x / 255.0
-    elif scaling != "reference":
-        raise ValueError(
-            f"config.loss.vgg_input_scaling: unknown value {scaling!r}; "
-            "expected 'imagenet' or 'reference'"
-        )
-    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-    std = jnp.asarray(IMAGENET_STD, jnp.float32)
-    return (x - mean) / std
 
 
 def _l2_normalise(v_NxC: jax.Array) -> jax.Array:
@@ -180,7 +159,11 @@ def paper_perceptual_loss(
 
 
 def vgg_features(networks: Any, vgg_params: Any, images: jax.Array, layer: str):
+    """`vgg_params` is a models.vgg19.VGG19Weights: the input follows the weights' convention."""
+    from lfcsr_jax.models.vgg19 import vgg_input
+
     if networks.vgg is None:
         raise ValueError("admm: config.loss.contextual_weight > 0 needs networks.vgg")
-    normalised = vgg_normalise(images, networks.config.loss.vgg_input_scaling)
-    return networks.vgg.apply({"params": vgg_params}, normalised, layers=(layer,))[layer]
+    normalised = vgg_input(images, vgg_params.input_convention,
+                           networks.config.loss.vgg_input_scaling)
+    return networks.vgg.apply({"params": vgg_params.params}, normalised, layers=(layer,))[layer]

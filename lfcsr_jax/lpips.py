@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lfcsr_jax import state_dicts
 from lfcsr_jax.metrics import MetricUnavailable
 
 # torchvision alexnet().features: (index, out channels, kernel, stride, padding); ReLU after each,
@@ -66,12 +67,12 @@ def alexnet_params_from_torchvision(state_dict: Mapping[str, Any]) -> dict[str, 
         missing = [k for k in (wkey, bkey) if k not in state_dict]
         if missing:
             raise KeyError(f"AlexNet state_dict lacks {missing} (torchvision alexnet layout expected)")
-        weight = _to_numpy(state_dict[wkey])
+        weight = state_dicts.to_numpy(state_dict[wkey])
         if weight.shape[0] != channels or weight.shape[2:] != (kernel, kernel):
             raise ValueError(f"{wkey}: shape {weight.shape}, expected ({channels}, C, {kernel}, {kernel})")
         params[f"features_{index}"] = {
             "kernel": np.transpose(weight, (2, 3, 1, 0)).astype(np.float32),
-            "bias": _to_numpy(state_dict[bkey]).astype(np.float32),
+            "bias": state_dicts.to_numpy(state_dict[bkey]).astype(np.float32),
         }
     return params
 
@@ -83,30 +84,18 @@ def heads_from_state_dict(state_dict: Mapping[str, Any]) -> list[np.ndarray]:
         key = f"lin{k}.model.1.weight"
         if key not in state_dict:
             raise KeyError(f"LPIPS heads lack {key!r} (expected lin0..lin4 of the alex v0.1 heads)")
-        w = _to_numpy(state_dict[key]).astype(np.float32).reshape(-1)
+        w = state_dicts.to_numpy(state_dict[key]).astype(np.float32).reshape(-1)
         if w.shape != (channels,):
             raise ValueError(f"{key}: {w.size} weights, expected {channels}")
         heads.append(w)
     return heads
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
 def _load_state_dict(path: Path) -> Mapping[str, Any]:
-    if path.suffix == ".npz":
-        return dict(np.load(path))
-    if path.suffix in (".pth", ".pt"):
-        try:
-            import torch
-        except ImportError as e:
-            raise MetricUnavailable(f"LPIPS: reading {path} needs torch; convert it to .npz with "
-                                    "`convert_alexnet_file` on a machine with torch") from e
-        return torch.load(path, map_location="cpu", weights_only=True)
-    raise ValueError(f"LPIPS: {path}: expected a .npz or .pth file")
+    try:
+        return state_dicts.load_state_dict(path)
+    except ImportError as error:
+        raise MetricUnavailable(f"LPIPS: {error} (`convert_alexnet_file` writes an .npz)") from error
 
 
 def find_lpips_files(lpips_dir: str | os.PathLike) -> tuple[Path, Path]:
@@ -143,7 +132,7 @@ def convert_alexnet_file(pth_path: str | os.PathLike, npz_path: str | os.PathLik
     """torchvision alexnet .pth -> .npz with the conv keys only (readable without torch)."""
     state = _load_state_dict(Path(pth_path))
     keys = [f"features.{i}.{p}" for i, *_ in ALEXNET_CONVS for p in ("weight", "bias")]
-    np.savez(npz_path, **{k: _to_numpy(state[k]) for k in keys})
+    np.savez(npz_path, **{k: state_dicts.to_numpy(state[k]) for k in keys})
     return Path(npz_path)
 
 

@@ -22,16 +22,12 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lfcsr_jax import checkpointing, loop, schedules, steps, train_logging, train_state, validation
+from lfcsr_jax import (checkpointing, configuration, loop, schedules, steps, train_logging,
+                       train_state, validation)
 
 
 class UserError(ValueError):
     """A configuration or input problem, reported as one clear line before any compute."""
-
-
-PHASES = ("pretrain", "admm")
-METHODS = ("admm", "regularizer")
-INPUT_SOURCES = ("tfds", "folder", "paired", "skimage")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -48,22 +44,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         problems.append(
             f"input.lr_patch={inp.lr_patch}: the HR patch (lr_patch*scale={hr_patch}) must be a "
             "positive multiple of 8 (two Haar levels and three stride-2 discriminator convs)")
-    if model.dtype not in ("float32", "bfloat16"):
-        problems.append(f"model.dtype={model.dtype!r}: expected 'float32' or 'bfloat16'")
-    if config.admm.method not in METHODS:
-        problems.append(f"admm.method={config.admm.method!r}: expected one of {METHODS}")
-    if config.admm.lowpass not in ("haar", "gaussian"):
-        problems.append(f"admm.lowpass={config.admm.lowpass!r}: expected 'haar' or 'gaussian'")
-    if config.admm.constrained_band not in ("low", "high"):
-        problems.append(
-            f"admm.constrained_band={config.admm.constrained_band!r}: expected 'low' or 'high'")
-    if config.loss.vgg_input_scaling not in ("imagenet", "reference"):
-        problems.append(f"loss.vgg_input_scaling={config.loss.vgg_input_scaling!r}: expected "
-                        "'imagenet' or 'reference'")
-    unknown_phases = [p for p in train.phases if p not in PHASES]
+    for field, allowed in (("model.dtype", configuration.MODEL_DTYPES),
+                           ("admm.method", configuration.ADMM_METHODS),
+                           ("admm.lowpass", configuration.LOWPASS_KINDS),
+                           ("admm.constrained_band", configuration.CONSTRAINED_BANDS),
+                           ("admm.order", configuration.STAGE_ORDERS)):
+        group, name = field.split(".")
+        if config[group][name] not in allowed:
+            problems.append(f"{field}={config[group][name]!r}: expected one of {allowed}")
+    problems += _check_vgg_input(config.loss)
+    unknown_phases = [p for p in train.phases if p not in configuration.PHASES]
     if unknown_phases or not train.phases:
         problems.append(f"train.phases={tuple(train.phases)}: expected a non-empty subset of "
-                        f"{PHASES}")
+                        f"{configuration.PHASES}")
     batch = train.global_batch_size
     devices, processes = jax.device_count(), jax.process_count()
     if batch <= 0 or batch % devices or batch % processes:
@@ -90,9 +83,29 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise UserError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
+def _check_vgg_input(loss: ml_collections.ConfigDict) -> list[str]:
+    """The scaling must exist and suit the input convention the weights file stores."""
+    from lfcsr_jax import vgg_weights
+
+    if loss.vgg_input_scaling not in configuration.VGG_INPUT_SCALINGS:
+        return [f"loss.vgg_input_scaling={loss.vgg_input_scaling!r}: expected one of "
+                f"{configuration.VGG_INPUT_SCALINGS}"]
+    if not loss.vgg_weights or not Path(loss.vgg_weights).is_file():
+        return []  # random weights are fed as 'torchvision'; a missing file is reported below
+    try:
+        convention = vgg_weights.read_vgg19_input_convention(loss.vgg_weights)
+    except ValueError as error:
+        return [f"loss.vgg_weights: {error}"]
+    if loss.vgg_input_scaling == "reference" and convention != "torchvision":
+        return [f"loss.vgg_input_scaling='reference' (0-255 values into torchvision's 0-1 "
+                f"statistics, as the authors' code) cannot feed {loss.vgg_weights!r}, whose "
+                f"weights expect the {convention!r} input convention: use 'as_weights'"]
+    return []
+
+
 def _check_input_paths(inp: ml_collections.ConfigDict) -> list[str]:
-    if inp.source not in INPUT_SOURCES:
-        return [f"input.source={inp.source!r}: expected one of {INPUT_SOURCES}"]
+    if inp.source not in configuration.INPUT_SOURCES:
+        return [f"input.source={inp.source!r}: expected one of {configuration.INPUT_SOURCES}"]
     needed = {"folder": ("hr_dir",), "paired": ("hr_dir", "lr_dir")}.get(inp.source, ())
     problems = []
     for field in needed:
@@ -197,11 +210,12 @@ def train_stream(config: ml_collections.ConfigDict, start_step: int) -> Iterator
 
 
 def load_vgg_params(config: ml_collections.ConfigDict, networks: Any) -> Any:
-    """Frozen VGG19 weights: converted ImageNet weights when configured, else random (demo)."""
+    """Frozen VGG19Weights (params + the input convention they expect): converted ImageNet
+    weights when configured, else random (demo)."""
     if config.loss.vgg_weights:
         from lfcsr_jax import vgg_weights
 
-        return vgg_weights.load_vgg19_params(config.loss.vgg_weights)
+        return vgg_weights.load_vgg19_weights(config.loss.vgg_weights)
     logging.warning("loss.vgg_weights is empty: the contextual loss uses a RANDOM VGG19 "
                     "(fine for tests and the demo; convert ImageNet weights for real training)")
     return train_state.init_vgg_params(jax.random.PRNGKey(config.seed + 1), config, networks)

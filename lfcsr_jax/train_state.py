@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from lfcsr_jax import losses
+from lfcsr_jax import configuration, losses
 from lfcsr_jax.constraint import constraint_transform
 
 Params = Any
@@ -26,10 +26,10 @@ ObjectiveLossFn = Callable[..., tuple[jax.Array, Metrics]]
 # (networks, stage output, hr, fake logits or None, vgg params) -> (loss, named terms)
 PerceptualLossFn = Callable[..., tuple[jax.Array, Metrics]]
 
-_METHODS = ("admm", "regularizer")
-_BANDS = ("low", "high")
-_ORDERS = ("objective_first", "perceptual_first")
-_LOWPASS = ("haar", "gaussian")
+_METHODS = configuration.ADMM_METHODS
+_BANDS = configuration.CONSTRAINED_BANDS
+_ORDERS = configuration.STAGE_ORDERS
+_LOWPASS = configuration.LOWPASS_KINDS
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -177,10 +177,13 @@ def init_train_state(
 
 
 def init_vgg_params(rng: jax.Array, config: ml_collections.ConfigDict, networks: Networks) -> Params:
-    """Randomly initialised VGG19 params (tests and demo; the paper loads ImageNet weights)."""
+    """Randomly initialised VGG19Weights (tests and demo; the paper loads ImageNet weights)."""
+    from lfcsr_jax.models.vgg19 import VGG19Weights
+
     _, hr_shape = _patch_shapes(config)
     layer = config.model.vgg_layer
-    return networks.vgg.init(rng, jnp.zeros((1, *hr_shape)), layers=(layer,))["params"]
+    params = networks.vgg.init(rng, jnp.zeros((1, *hr_shape)), layers=(layer,))["params"]
+    return VGG19Weights(params, input_convention="torchvision")  # as before the field existed
 
 
 def state_shardings(abstract_state: TrainState, mesh: jax.sharding.Mesh, axis: str = "data"):

@@ -1,4 +1,4 @@
-"""Pretrained weights for the frozen VGG19 and the discriminator: import, save, load.
+"""Pretrained weights for the frozen VGG19: import, save, load.
 
 VGG19 params are {'conv1_1': {'kernel': HWIO float32, 'bias': float32}, ..., 'conv5_4': ...}
 (the tree `lfcsr_jax.models.vgg19.VGG19Features` uses). Where they come from decides the input
@@ -6,10 +6,12 @@ they expect (see `lfcsr_jax.models.vgg19.vgg_input`):
   torchvision `vgg19-dcbb9e9d.pth`           -> 'torchvision' (x/255, ImageNet mean/std, RGB)
   Keras `VGG19(weights='imagenet')` .h5 file -> 'caffe' (0-255 minus the Caffe mean; the Keras
       model reads BGR, our converter reorders the first conv's input channels so we feed RGB)
-Our .npz format stores that convention beside the params ('meta/input_convention').
+Our .npz format stores that convention beside the params ('meta/input_convention'), and
+`load_vgg19_weights` returns both together as a `VGG19Weights`, so the loss normalises its input
+as the file's weights require.
 
-Nothing here downloads: every loader takes a local path. torch, safetensors, h5py and keras are
-imported only by the function that needs them.
+Nothing here downloads: every loader takes a local path. PyTorch-format files are read by
+`lfcsr_jax.state_dicts`; h5py is imported only to read Keras files.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lfcsr_jax.models.discriminator import DISCRIMINATOR_BLOCKS, HIDDEN_UNITS, flattened_features
-from lfcsr_jax.models.vgg19 import INPUT_CONVENTIONS, VGG19_BLOCKS, VGG19_CONV_NAMES
+from lfcsr_jax.models.vgg19 import (INPUT_CONVENTIONS, VGG19_BLOCKS, VGG19_CONV_NAMES,
+                                    VGG19Weights)
+from lfcsr_jax.state_dicts import check_keys, load_state_dict, oihw_to_hwio
 
 Params = dict[str, dict[str, np.ndarray]]
 PathLike = str | os.PathLike
@@ -58,40 +61,6 @@ def _vgg19_shapes() -> dict[str, tuple[int, int]]:
 VGG19_CONV_SHAPES = _vgg19_shapes()
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    """A torch tensor (any float dtype, any device) or array-like -> numpy."""
-    if hasattr(value, "detach"):
-        value = value.detach().cpu()
-        if value.is_floating_point():
-            value = value.float()
-        value = value.numpy()
-    return np.asarray(value)
-
-
-def _check_keys(where: str, state_dict: Mapping[str, Any], expected: Mapping[str, tuple],
-                ignored: re.Pattern) -> dict[str, np.ndarray]:
-    """Returns {key: float32 array} for `expected`; ValueError naming missing/mis-shaped/unknown keys."""
-    missing = [k for k in expected if k not in state_dict]
-    unknown = [k for k in state_dict if k not in expected and not ignored.fullmatch(k)]
-    arrays = {k: _to_numpy(state_dict[k]) for k in expected if k in state_dict}
-    misshaped = [f"{k}: expected {tuple(shape)}, got {arrays[k].shape}"
-                 for k, shape in expected.items() if k in arrays and arrays[k].shape != tuple(shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing}")
-    if misshaped:
-        problems.append(f"mis-shaped keys [{'; '.join(misshaped)}]")
-    if unknown:
-        problems.append(f"unknown keys {unknown}")
-    if problems:
-        raise ValueError(f"{where}: " + ", ".join(problems))
-    return {k: a.astype(np.float32) for k, a in arrays.items()}
-
-
-def _oihw_to_hwio(w_OxIxHxW: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.transpose(w_OxIxHxW, (2, 3, 1, 0)))
-
-
 # ---------------------------------------------------------------------------------------------
 # VGG19 from torchvision
 
@@ -109,8 +78,8 @@ def vgg19_params_from_torchvision(state_dict: Mapping[str, Any],
         c_in, c_out = VGG19_CONV_SHAPES[name]
         expected[f"features.{index}.weight"] = (c_out, c_in, 3, 3)
         expected[f"features.{index}.bias"] = (c_out,)
-    arrays = _check_keys(where, state_dict, expected, re.compile(r"classifier\..*"))
-    return {name: {"kernel": _oihw_to_hwio(arrays[f"features.{index}.weight"]),
+    arrays = check_keys(where, state_dict, expected, re.compile(r"classifier\..*"))
+    return {name: {"kernel": oihw_to_hwio(arrays[f"features.{index}.weight"]),
                    "bias": arrays[f"features.{index}.bias"]}
             for name, index in TORCHVISION_CONV_INDEX.items()}
 
@@ -228,88 +197,14 @@ def vgg19_params_from_keras(path_or_model: PathLike | Any) -> Params:
 
 
 # ---------------------------------------------------------------------------------------------
-# Discriminator from the authors' PyTorch module (loss/discriminator.py)
-
-
-def discriminator_params_from_state_dict(
-        state_dict: Mapping[str, Any], patch_size: int,
-        where: str = "discriminator state_dict") -> tuple[Params, Params]:
-    """The authors' Discriminator state_dict -> (params, batch_stats) for `Discriminator`.
-
-    Keys: features.{i}.0.weight (conv, OIHW), features.{i}.1.{weight, bias, running_mean,
-    running_var} (BatchNorm), classifier.{0,2}.{weight, bias} (Linear (out, in)).
-    features.{i}.1.num_batches_tracked is ignored (momentum is fixed, so it is unused).
-    """
-    expected, c_in = {}, 3
-    for i, (c_out, _) in enumerate(DISCRIMINATOR_BLOCKS):
-        expected[f"features.{i}.0.weight"] = (c_out, c_in, 3, 3)
-        for stat in ("weight", "bias", "running_mean", "running_var"):
-            expected[f"features.{i}.1.{stat}"] = (c_out,)
-        c_in = c_out
-    expected["classifier.0.weight"] = (HIDDEN_UNITS, flattened_features(patch_size))
-    expected["classifier.0.bias"] = (HIDDEN_UNITS,)
-    expected["classifier.2.weight"] = (1, HIDDEN_UNITS)
-    expected["classifier.2.bias"] = (1,)
-    arrays = _check_keys(f"{where} (patch_size={patch_size})", state_dict, expected,
-                         re.compile(r"features\.\d+\.1\.num_batches_tracked"))
-    params, batch_stats = {}, {}
-    for i in range(len(DISCRIMINATOR_BLOCKS)):
-        params[f"conv{i}"] = {"kernel": _oihw_to_hwio(arrays[f"features.{i}.0.weight"])}
-        params[f"bn{i}"] = {"scale": arrays[f"features.{i}.1.weight"],
-                            "bias": arrays[f"features.{i}.1.bias"]}
-        batch_stats[f"bn{i}"] = {"mean": arrays[f"features.{i}.1.running_mean"],
-                                 "var": arrays[f"features.{i}.1.running_var"]}
-    # Our flatten is channel-major like PyTorch's, so only the (out, in) -> (in, out) transpose.
-    for ours, theirs in (("dense0", "classifier.0"), ("dense1", "classifier.2")):
-        params[ours] = {"kernel": np.ascontiguousarray(arrays[f"{theirs}.weight"].T),
-                        "bias": arrays[f"{theirs}.bias"]}
-    return params, batch_stats
-
-
-# ---------------------------------------------------------------------------------------------
 # Files
 
 
-def load_torch_state_dict(path: PathLike) -> dict[str, np.ndarray]:
-    """A local .pth/.pt state_dict (torch.load with weights_only=True) -> {key: numpy array}."""
-    import torch  # pylint: disable=import-outside-toplevel
-
-    where = os.fspath(path)
-    try:
-        loaded = torch.load(where, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types (pickle, zip, RuntimeError)
-        raise ValueError(f"{where}: cannot be read as a PyTorch state_dict ({error})") from error
-    if not isinstance(loaded, Mapping):
-        raise ValueError(f"{where}: expected a state_dict (a mapping of tensors), got {type(loaded)}")
-    return {k: _to_numpy(v) for k, v in loaded.items()}
-
-
-def load_safetensors_state_dict(path: PathLike) -> dict[str, np.ndarray]:
-    """A local .safetensors file -> {key: numpy array}."""
-    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-
-    where = os.fspath(path)
-    try:
-        return dict(load_file(where))
-    except Exception as error:  # safetensors raises its own error types
-        raise ValueError(f"{where}: cannot be read as safetensors ({error})") from error
-
-
-def load_npz_state_dict(path: PathLike) -> dict[str, np.ndarray]:
-    """A local .npz of named arrays -> {key: numpy array}."""
-    where = os.fspath(path)
-    try:
-        with np.load(where, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{where}: cannot be read as .npz ({error})") from error
-
-
-def save_vgg19_params(path: PathLike, params: Params,
-                      input_convention: str = "torchvision") -> None:
+def save_vgg19_params(path: PathLike, params: Params, input_convention: str) -> None:
     """Writes params as an .npz with flat keys 'conv1_1/kernel', ... and the input convention.
 
-    Pass input_convention='caffe' for params from `vgg19_params_from_keras`.
+    input_convention: 'torchvision' for params from `vgg19_params_from_torchvision`, 'caffe'
+    for params from `vgg19_params_from_keras`.
     """
     if input_convention not in INPUT_CONVENTIONS:
         raise ValueError(f"input_convention {input_convention!r} not in {INPUT_CONVENTIONS}")
@@ -320,54 +215,77 @@ def save_vgg19_params(path: PathLike, params: Params,
         np.savez(f, **flat)
 
 
-def load_vgg19_params(path: PathLike) -> Params:
-    """Reads an .npz written by `save_vgg19_params`; ValueError naming the file on bad content."""
-    return load_vgg19_weights(path)[0]
-
-
-def read_vgg19_input_convention(path: PathLike) -> str:
-    """The input convention ('torchvision' or 'caffe') stored in a `save_vgg19_params` .npz."""
-    return load_vgg19_weights(path)[1]
-
-
-def _vgg19_params_from_npz(where: str, flat: Mapping[str, np.ndarray]) -> tuple[Params, str]:
-    expected = {}
-    for name in VGG19_CONV_NAMES:
-        c_in, c_out = VGG19_CONV_SHAPES[name]
-        expected[f"{name}/kernel"] = (3, 3, c_in, c_out)
-        expected[f"{name}/bias"] = (c_out,)
+def _checked_convention(where: str, flat: Mapping[str, Any]) -> str:
     if _CONVENTION_KEY not in flat:
         raise ValueError(f"{where}: missing key {_CONVENTION_KEY!r} (not written by save_vgg19_params)")
     convention = str(flat[_CONVENTION_KEY])
     if convention not in INPUT_CONVENTIONS:
         raise ValueError(f"{where}: {_CONVENTION_KEY}={convention!r} not in {INPUT_CONVENTIONS}")
-    arrays = _check_keys(where, flat, expected, re.compile(re.escape(_CONVENTION_KEY)))
+    return convention
+
+
+def _vgg19_params_from_npz(where: str, flat: Mapping[str, np.ndarray]) -> VGG19Weights:
+    expected = {}
+    for name in VGG19_CONV_NAMES:
+        c_in, c_out = VGG19_CONV_SHAPES[name]
+        expected[f"{name}/kernel"] = (3, 3, c_in, c_out)
+        expected[f"{name}/bias"] = (c_out,)
+    convention = _checked_convention(where, flat)
+    arrays = check_keys(where, flat, expected, re.compile(re.escape(_CONVENTION_KEY)))
     params = {name: {"kernel": arrays[f"{name}/kernel"], "bias": arrays[f"{name}/bias"]}
               for name in VGG19_CONV_NAMES}
-    return params, convention
+    return VGG19Weights(params, convention)
 
 
-def load_vgg19_weights(path: PathLike) -> tuple[Params, str]:
-    """Any supported local VGG19 weights file -> (params, input convention).
+def _existing(path: PathLike) -> str:
+    where = os.fspath(path)
+    if not os.path.isfile(where):
+        raise FileNotFoundError(f"VGG19 weights file not found: {where}")
+    return where
+
+
+def _unknown_format(where: str) -> ValueError:
+    return ValueError(f"{where}: unknown VGG19 weights format (expected .npz, .pth, .pt, "
+                      ".safetensors, .h5 or .keras)")
+
+
+def read_vgg19_input_convention(path: PathLike) -> str:
+    """The input convention of a VGG19 weights file without reading its weights.
+
+    By format: Keras files are 'caffe', PyTorch files and torchvision-keyed .npz 'torchvision';
+    our .npz stores it. Used by train.validate_config before any compute.
+    """
+    where = _existing(path)
+    suffix = where.lower()
+    if suffix.endswith((".h5", ".keras")):
+        return "caffe"
+    if suffix.endswith((".pth", ".pt", ".safetensors")):
+        return "torchvision"
+    if not suffix.endswith(".npz"):
+        raise _unknown_format(where)
+    try:
+        with np.load(where, allow_pickle=False) as data:  # lazy: reads the one entry it needs
+            if any(k.startswith("features.") for k in data.files):
+                return "torchvision"
+            meta = {k: data[k] for k in data.files if k == _CONVENTION_KEY}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{where}: cannot be read as .npz ({error})") from error
+    return _checked_convention(where, meta)
+
+
+def load_vgg19_weights(path: PathLike) -> VGG19Weights:
+    """Any supported local VGG19 weights file -> its params with their input convention.
 
     .npz: ours (from `save_vgg19_params`) or torchvision keys; .pth/.pt: torchvision state_dict;
     .safetensors: torchvision keys; .h5/.keras: Keras VGG19 (convention 'caffe').
     """
-    where = os.fspath(path)
-    if not os.path.isfile(where):
-        raise FileNotFoundError(f"VGG19 weights file not found: {where}")
+    where = _existing(path)
     suffix = where.lower()
     if suffix.endswith((".h5", ".keras")):
-        return vgg19_params_from_keras(where), "caffe"
-    if suffix.endswith((".pth", ".pt")):
-        return vgg19_params_from_torchvision(load_torch_state_dict(where), where), "torchvision"
-    if suffix.endswith(".safetensors"):
-        state_dict = load_safetensors_state_dict(where)
-        return vgg19_params_from_torchvision(state_dict, where), "torchvision"
-    if suffix.endswith(".npz"):
-        flat = load_npz_state_dict(where)
-        if any(k.startswith("features.") for k in flat):
-            return vgg19_params_from_torchvision(flat, where), "torchvision"
-        return _vgg19_params_from_npz(where, flat)
-    raise ValueError(f"{where}: unknown VGG19 weights format (expected .npz, .pth, .pt, "
-                     ".safetensors, .h5 or .keras)")
+        return VGG19Weights(vgg19_params_from_keras(where), "caffe")
+    if not suffix.endswith((".pth", ".pt", ".safetensors", ".npz")):
+        raise _unknown_format(where)
+    flat = load_state_dict(where)
+    if suffix.endswith(".npz") and not any(k.startswith("features.") for k in flat):
+        return _vgg19_params_from_npz(where, flat)  # ours, with its stored convention
+    return VGG19Weights(vgg19_params_from_torchvision(flat, where), "torchvision")

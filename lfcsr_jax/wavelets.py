@@ -18,7 +18,7 @@ import numpy as np
 
 BANDS = ("LL", "HL", "LH", "HH")
 
-# HAAR_FILTERS_KxIxJ[k, i, j]: weight of block pixel (row i, column j) in band k.
+# HAAR_FILTERS_KxIxJ[k, i, j]: weight of block pixel (row i, column j) in band k (K = 4 bands).
 # a = (0,0), b = (1,0), c = (0,1), d = (1,1).
 HAAR_FILTERS_KxIxJ = 0.5 * np.array(
     [
@@ -41,52 +41,49 @@ def _check_even(x: jax.Array, what: str) -> None:
         )
 
 
-def _haar_dwt_once(x_BxHxWxC: jax.Array) -> jax.Array:
+def haar_dwt(x_BxHxWxC: jax.Array) -> jax.Array:
+    """One Haar analysis level: (B, H, W, C) -> (B, H/2, W/2, 4C), band-major [LL, HL, LH, HH]."""
     _check_even(x_BxHxWxC, "haar_dwt")
-    b, h, w, c = x_BxHxWxC.shape
-    blocks = x_BxHxWxC.reshape(b, h // 2, 2, w // 2, 2, c)
+    b, height, width, c = x_BxHxWxC.shape
+    blocks = x_BxHxWxC.reshape(b, height // 2, 2, width // 2, 2, c)
     filters = jnp.asarray(HAAR_FILTERS_KxIxJ, dtype=x_BxHxWxC.dtype)
-    bands_BxhxwxKxC = jnp.einsum("byixjc,kij->byxkc", blocks, filters)
-    return bands_BxhxwxKxC.reshape(b, h // 2, w // 2, 4 * c)
+    bands_BxH2xW2xKxC = jnp.einsum("byixjc,kij->byxkc", blocks, filters)
+    return bands_BxH2xW2xKxC.reshape(b, height // 2, width // 2, 4 * c)
 
 
-def haar_dwt(x_BxHxWxC: jax.Array, levels: int = 1) -> jax.Array:
-    """Haar analysis. One level gives (B, H/2, W/2, 4C), band-major [LL, HL, LH, HH].
-
-    With levels > 1 the LL band is decomposed again; the result is a list of full band stacks,
-    deepest level first: [level-n bands, ..., level-1 bands] (`haar_idwt_pyramid` inverts it).
-    """
+def haar_dwt_pyramid(x_BxHxWxC: jax.Array, levels: int) -> list[jax.Array]:
+    """`levels` Haar levels, each decomposing the previous LL band: the full band stacks,
+    deepest level first [(B, H/2**n, W/2**n, 4C), ..., (B, H/2, W/2, 4C)]
+    (`haar_idwt_pyramid` inverts it)."""
     if levels < 1:
-        raise ValueError(f"haar_dwt: levels must be >= 1, got {levels}")
-    if levels == 1:
-        return _haar_dwt_once(x_BxHxWxC)
+        raise ValueError(f"haar_dwt_pyramid: levels must be >= 1, got {levels}")
     pyramid = []
     current = x_BxHxWxC
     channels = x_BxHxWxC.shape[-1]
     for _ in range(levels):
-        bands = _haar_dwt_once(current)
+        bands = haar_dwt(current)
         pyramid.append(bands)
         current = bands[..., :channels]
     return pyramid[::-1]
 
 
-def haar_idwt(bands_BxhxwxK: jax.Array) -> jax.Array:
-    """Inverse of one Haar level: (B, h, w, 4C) band-major -> (B, 2h, 2w, C). Exact."""
-    if bands_BxhxwxK.ndim != 4 or bands_BxhxwxK.shape[-1] % 4:
+def haar_idwt(bands_BxH2xW2xKC: jax.Array) -> jax.Array:
+    """Inverse of one Haar level: (B, H/2, W/2, 4C) band-major -> (B, H, W, C). Exact."""
+    if bands_BxH2xW2xKC.ndim != 4 or bands_BxH2xW2xKC.shape[-1] % 4:
         raise ValueError(
-            f"haar_idwt: expected NHWC with 4*C band-major channels, got {bands_BxhxwxK.shape}"
+            f"haar_idwt: expected NHWC with 4*C band-major channels, got {bands_BxH2xW2xKC.shape}"
         )
-    b, h, w, k = bands_BxhxwxK.shape
-    c = k // 4
-    bands = bands_BxhxwxK.reshape(b, h, w, 4, c)
-    filters = jnp.asarray(HAAR_FILTERS_KxIxJ, dtype=bands_BxhxwxK.dtype)
+    b, half_height, half_width, kc = bands_BxH2xW2xKC.shape
+    c = kc // 4
+    bands_BxH2xW2xKxC = bands_BxH2xW2xKC.reshape(b, half_height, half_width, 4, c)
+    filters = jnp.asarray(HAAR_FILTERS_KxIxJ, dtype=bands_BxH2xW2xKC.dtype)
     # The filter bank is orthonormal, so the synthesis is its transpose.
-    blocks = jnp.einsum("byxkc,kij->byixjc", bands, filters)
-    return blocks.reshape(b, 2 * h, 2 * w, c)
+    blocks = jnp.einsum("byxkc,kij->byixjc", bands_BxH2xW2xKxC, filters)
+    return blocks.reshape(b, 2 * half_height, 2 * half_width, c)
 
 
 def haar_idwt_pyramid(pyramid: list[jax.Array]) -> jax.Array:
-    """Inverse of `haar_dwt(x, levels>1)`: rebuilds each LL from the deeper level."""
+    """Inverse of `haar_dwt_pyramid`: rebuilds each LL from the deeper level."""
     current = haar_idwt(pyramid[0])
     for bands in pyramid[1:]:
         channels = bands.shape[-1] // 4
@@ -99,14 +96,14 @@ def haar_ll(x_BxHxWxC: jax.Array, levels: int = 1) -> jax.Array:
     current = x_BxHxWxC
     channels = x_BxHxWxC.shape[-1]
     for _ in range(levels):
-        current = _haar_dwt_once(current)[..., :channels]
+        current = haar_dwt(current)[..., :channels]
     return current
 
 
 def haar_high_bands(x_BxHxWxC: jax.Array) -> jax.Array:
     """One-level [HL, LH, HH] bands, (B, H/2, W/2, 3C): what the P-O ablation constrains."""
     channels = x_BxHxWxC.shape[-1]
-    return _haar_dwt_once(x_BxHxWxC)[..., channels:]
+    return haar_dwt(x_BxHxWxC)[..., channels:]
 
 
 @functools.lru_cache(maxsize=8)

@@ -19,6 +19,7 @@ import pytest
 
 from configs import x4
 from lfcsr_jax import admm, constraint, losses, pretrain, train_state, wavelets
+from lfcsr_jax.models.vgg19 import vgg_input
 
 SCALE = 4
 
@@ -239,7 +240,7 @@ def _expected_admm_step(state, batch, vgg_params, networks):
     def perceptual_loss(y, d_params, stats):
         logits, stats = disc(d_params, stats, y)
         feats = lambda img: networks.vgg.apply(  # noqa: E731
-            {"params": vgg_params}, losses.vgg_normalise(img, "imagenet"), layers=("relu3_4",)
+            {"params": vgg_params.params}, vgg_input(img, "torchvision"), layers=("relu3_4",)
         )["relu3_4"]
         loss = (
             0.1 * losses.contextual_loss(feats(y), feats(hr))
@@ -339,7 +340,7 @@ def test_regularizer_step_is_one_joint_gradient_step():
         logits, _ = networks.discriminator.apply(
             {"params": state.discriminator_params, **d_vars}, y, train=True, mutable=["batch_stats"])
         feats = lambda img: networks.vgg.apply(  # noqa: E731
-            {"params": vgg_params}, losses.vgg_normalise(img, "imagenet"), layers=("relu3_4",)
+            {"params": vgg_params.params}, vgg_input(img, "torchvision"), layers=("relu3_4",)
         )["relu3_4"]
         l_p = (0.1 * losses.contextual_loss(feats(y), feats(hr)) + losses.lr_band_l1(y, hr)
                + 0.001 * losses.generator_adversarial_loss(logits))

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from configs import x4  # noqa: E402
-from lfcsr_jax import checkpointing, convert  # noqa: E402
+from lfcsr_jax import checkpointing, convert, state_dicts  # noqa: E402
 from lfcsr_jax.models import build_lfcsr  # noqa: E402
 
 # ----------------------------------------------------------------------------- the torch statement
@@ -328,13 +328,13 @@ def test_loaders_read_torch_npz_and_safetensors_alike(tmp_path):
     np.savez(tmp_path / "weights.npz", **state_dict)
     save_file(state_dict, str(tmp_path / "weights.safetensors"))
     for name in ("bare.pt", "wrapped.pth", "weights.npz", "weights.safetensors"):
-        loaded = convert.load_state_dict(tmp_path / name)
+        loaded = state_dicts.load_state_dict(tmp_path / name)
         assert sorted(loaded) == sorted(state_dict), name
         for key, value in state_dict.items():
             np.testing.assert_array_equal(loaded[key], value)
     (tmp_path / "weights.txt").write_text("x")
     with pytest.raises(ValueError, match="unknown weight format '.txt'"):
-        convert.load_state_dict(tmp_path / "weights.txt")
+        state_dicts.load_state_dict(tmp_path / "weights.txt")
 
 
 def test_cli_pdasr_round_trip_through_an_export(tmp_path):
@@ -369,8 +369,9 @@ def test_cli_vgg19_torchvision_round_trip(tmp_path):
         state_dict[f"features.{index}.bias"] = rng.standard_normal(c_out).astype(np.float32)
     np.savez(tmp_path / "vgg.npz", **state_dict)
     convert.main(["vgg19", "--input", f"{tmp_path}/vgg.npz", "--output", f"{tmp_path}/out.npz"])
-    params, convention = vgg_weights.load_vgg19_weights(tmp_path / "out.npz")
-    assert convention == "torchvision"
+    weights = vgg_weights.load_vgg19_weights(tmp_path / "out.npz")
+    assert weights.input_convention == "torchvision"
+    params = weights.params
     # OIHW -> HWIO for conv3_4 (torchvision index 16).
     np.testing.assert_array_equal(params["conv3_4"]["kernel"],
                                   state_dict["features.16.weight"].transpose(2, 3, 1, 0))

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from configs.x4 import get_config
-from lfcsr_jax import image_io, input_pipeline
+from lfcsr_jax import benchmarks, image_io, input_pipeline
 from lfcsr_jax.imresize import imresize, modcrop
 
 
@@ -265,38 +265,38 @@ def test_selfexsr_original_and_hr_only_layouts(tmp_path):
     lr = imresize(hr, 0.25)
     image_io.write_png(tmp_path / "A" / "image_SRF_4" / "img_001_SRF_4_HR.png", hr)
     image_io.write_png(tmp_path / "A" / "image_SRF_4" / "img_001_SRF_4_LR.png", lr // 2)
-    got = input_pipeline.load_benchmark(tmp_path / "A")
+    got = benchmarks.load_benchmark(tmp_path / "A")
     assert got[0]["name"] == "img_001_SRF_4"
     np.testing.assert_array_equal(got[0]["lr"], lr // 2)
     image_io.write_png(tmp_path / "B" / "HR" / "pic.png", _photo(5, 50, 41))
-    got = input_pipeline.load_benchmark(tmp_path / "B")
+    got = benchmarks.load_benchmark(tmp_path / "B")
     assert got[0]["name"] == "pic" and got[0]["hr"].shape == (48, 40, 3)
     np.testing.assert_array_equal(got[0]["lr"], imresize(got[0]["hr"], 0.25))
     with pytest.raises(FileNotFoundError, match="Urban100"):
-        input_pipeline.find_benchmark(tmp_path, "Urban100")
+        benchmarks.find_benchmark(tmp_path, "Urban100")
 
 
 def test_real_benchmark_layouts_load(shared_data):
     expected = {"Set5": 5, "Set14": 14, "B100": 100}
     for name, count in expected.items():
-        items = input_pipeline.load_benchmark(input_pipeline.find_benchmark(shared_data, name))
+        items = benchmarks.load_benchmark(benchmarks.find_benchmark(shared_data, name))
         assert len(items) == count, name
         for x in items:
             assert x["hr"].shape[:2] == (x["lr"].shape[0] * 4, x["lr"].shape[1] * 4)
             assert x["hr"].dtype == np.uint8 and x["hr"].shape[2] == 3
-    set5 = input_pipeline.load_benchmark(shared_data / "benchmarks" / "Set5")
+    set5 = benchmarks.load_benchmark(shared_data / "benchmarks" / "Set5")
     assert [x["name"] for x in set5] == ["baby", "bird", "butterfly", "head", "woman"]
-    bridge = input_pipeline.load_benchmark(shared_data / "benchmarks" / "Set14")[2]
+    bridge = benchmarks.load_benchmark(shared_data / "benchmarks" / "Set14")[2]
     assert bridge["name"] == "bridge"  # the grayscale one: three equal channels.
     assert np.array_equal(bridge["hr"][..., 0], bridge["hr"][..., 2])
     # EDSR layout with MATLAB-exact LR files: regenerating the LR gives identical pixels.
     edsr = shared_data / "imresize_reference" / "Set5_EDSR_SwinIR"
-    given = input_pipeline.load_benchmark(edsr)
-    regenerated = input_pipeline.load_benchmark(edsr, regenerate_lr=True)
+    given = benchmarks.load_benchmark(edsr)
+    regenerated = benchmarks.load_benchmark(edsr, regenerate_lr=True)
     assert [x["name"] for x in given] == ["baby", "bird", "butterfly", "head", "woman"]
     for x, y in zip(given, regenerated):
         np.testing.assert_array_equal(x["lr"], y["lr"])
-    basicsr = input_pipeline.load_benchmark(shared_data / "imresize_reference" /
+    basicsr = benchmarks.load_benchmark(shared_data / "imresize_reference" /
                                             "Set14_BasicSR_mod12")
     assert len(basicsr) == 14 and all(x["hr"].shape[0] % 12 == 0 for x in basicsr)
 
@@ -359,11 +359,11 @@ def test_validation_and_benchmark_folders_use_the_lr_cache(tmp_path, monkeypatch
     cache = tmp_path / "cache"
     cfg = _cfg(val_hr_dir=str(val), val_count=2, lr_cache_dir=str(cache))
     val_first = input_pipeline.load_validation_set(cfg, 4)
-    bench_first = input_pipeline.load_benchmark(tmp_path / "bench", lr_cache_dir=cache)
+    bench_first = benchmarks.load_benchmark(tmp_path / "bench", lr_cache_dir=cache)
     assert len(_entries(cache)) == 3
     monkeypatch.setattr(input_pipeline, "imresize", _no_imresize)
     for a, b in zip(val_first + bench_first, input_pipeline.load_validation_set(cfg, 4)
-                    + input_pipeline.load_benchmark(tmp_path / "bench", lr_cache_dir=cache)):
+                    + benchmarks.load_benchmark(tmp_path / "bench", lr_cache_dir=cache)):
         assert a["name"] == b["name"]
         np.testing.assert_array_equal(a["lr"], b["lr"])
     np.testing.assert_array_equal(bench_first[0]["lr"], imresize(bench_first[0]["hr"], 0.25))
@@ -419,7 +419,7 @@ def test_cache_dir_equal_to_or_inside_the_hr_folder_is_refused(tmp_path):
             input_pipeline.load_validation_set(cfg, 4)
     assert sorted(p.name for p in hr_dir.iterdir()) == ["0000.png", "0001.png"]  # nothing written.
     with pytest.raises(ValueError, match="lr_cache_dir"):
-        input_pipeline.load_benchmark(hr_dir, lr_cache_dir=hr_dir / "cache")
+        benchmarks.load_benchmark(hr_dir, lr_cache_dir=hr_dir / "cache")
     # A sibling whose name merely starts like the HR folder is fine.
     input_pipeline.load_training_images(
         _cfg(hr_dir=str(hr_dir), lr_cache_dir=str(tmp_path / "hr_cache")), 4)
@@ -439,11 +439,11 @@ def test_empty_cache_dir_keeps_the_memory_cache(tmp_path, monkeypatch):
 
 def test_benchmark_names_reads_index_csv(tmp_path):
     (tmp_path / "index.csv").write_text("hr_file,canonical_name\nHR/img_001_SRF_4_HR.png,baby\n")
-    assert input_pipeline.benchmark_names(tmp_path) == {"img_001_SRF_4_HR.png": "baby"}
-    assert input_pipeline.benchmark_names(tmp_path / "missing") == {}
+    assert benchmarks.benchmark_names(tmp_path) == {"img_001_SRF_4_HR.png": "baby"}
+    assert benchmarks.benchmark_names(tmp_path / "missing") == {}
     (tmp_path / "index.csv").write_text("file,name\na.png,a\n")
     with pytest.raises(ValueError, match="index.csv"):
-        input_pipeline.benchmark_names(tmp_path)
+        benchmarks.benchmark_names(tmp_path)
 
 
 # --------------------------------------------------------------------------- TFDS (mocked).

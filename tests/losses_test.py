@@ -106,20 +106,6 @@ def test_contextual_loss_rejects_mismatched_shapes():
         losses.contextual_loss(jnp.zeros((1, 2, 2, 3)), jnp.zeros((1, 2, 3, 3)))
 
 
-def test_vgg_normalise_both_scalings():
-    images = np.array([[[[255.0, 0.0, 127.5]]]], np.float32)
-    mean = np.array([0.485, 0.456, 0.406])
-    std = np.array([0.229, 0.224, 0.225])
-    np.testing.assert_allclose(
-        losses.vgg_normalise(images, "imagenet"), (images / 255.0 - mean) / std, rtol=1e-6
-    )
-    np.testing.assert_allclose(
-        losses.vgg_normalise(images, "reference"), (images - mean) / std, rtol=1e-6
-    )
-    with pytest.raises(ValueError, match="vgg_input_scaling"):
-        losses.vgg_normalise(images, "caffe")
-
-
 def test_lr_band_l1_is_l1_of_four_times_the_4x4_block_means():
     rng = np.random.default_rng(6)
     y = rng.uniform(0, 255, (2, 8, 12, 3))

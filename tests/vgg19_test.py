@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import flax.linen as flax_nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lfcsr_jax import vgg_weights
+from lfcsr_jax import state_dicts, vgg_weights
 from lfcsr_jax.models.vgg19 import VGG19Features, vgg_input
 
 _TORCHVISION_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
@@ -137,13 +138,14 @@ def test_keras_h5_files(keras_vgg19, tmp_path):
     keras, model = keras_vgg19
     v3_path = tmp_path / "vgg19.weights.h5"  # Keras 3 format: layers/conv2d_k/vars
     model.save_weights(v3_path)
-    params, convention = vgg_weights.load_vgg19_weights(v3_path)
-    assert convention == "caffe"
-    _check_keras_parity(keras, model, params)
+    weights = vgg_weights.load_vgg19_weights(v3_path)
+    assert weights.input_convention == "caffe"
+    assert vgg_weights.read_vgg19_input_convention(v3_path) == "caffe"
+    _check_keras_parity(keras, model, weights.params)
 
     keras_path = tmp_path / "vgg19.keras"  # Keras 3 whole-model archive (zip)
     model.save(keras_path)
-    _check_keras_parity(keras, model, vgg_weights.load_vgg19_weights(keras_path)[0])
+    _check_keras_parity(keras, model, vgg_weights.load_vgg19_weights(keras_path).params)
 
     legacy = pytest.importorskip("keras.src.legacy.saving.legacy_h5_format")
     import h5py  # pylint: disable=import-outside-toplevel
@@ -157,15 +159,20 @@ def test_keras_h5_files(keras_vgg19, tmp_path):
 def test_vgg_input_conventions():
     x = jnp.asarray([[[[255.0, 0.0, 127.5]]]])
     np.testing.assert_allclose(
-        vgg_input(x), [[[[(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (0.5 - 0.406) / 0.225]]]],
-        rtol=1e-6)
+        vgg_input(x, "torchvision"),
+        [[[[(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (0.5 - 0.406) / 0.225]]]], rtol=1e-6)
     np.testing.assert_allclose(vgg_input(x, "caffe"),
                                [[[[255 - 123.68, -116.779, 127.5 - 103.939]]]], rtol=1e-6)
     # The authors' code: 0-255 values into the 0-1 statistics.
-    np.testing.assert_allclose(vgg_input(x, pixel_max=1.0)[0, 0, 0, 0], (255 - 0.485) / 0.229,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        vgg_input(x, "torchvision", "reference"),
+        [[[[(255 - 0.485) / 0.229, (0 - 0.456) / 0.224, (127.5 - 0.406) / 0.225]]]], rtol=1e-6)
     with pytest.raises(ValueError, match="bgr"):
         vgg_input(x, "bgr")
+    with pytest.raises(ValueError, match="'caffe'.*'reference'"):  # no such thing
+        vgg_input(x, "caffe", "reference")
+    with pytest.raises(ValueError, match="'imagenet'"):
+        vgg_input(x, "torchvision", "imagenet")
 
 
 def _torchvision_like_state_dict() -> dict[str, np.ndarray]:
@@ -199,25 +206,28 @@ def test_npz_round_trip_and_bad_files(tmp_path):
     params = _random_params()
     path = tmp_path / "vgg.npz"
     vgg_weights.save_vgg19_params(path, params, "caffe")
-    loaded = vgg_weights.load_vgg19_params(path)
+    loaded = vgg_weights.load_vgg19_weights(path)
+    assert loaded.input_convention == "caffe"
     assert vgg_weights.read_vgg19_input_convention(path) == "caffe"
-    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, params)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded.params, params)
 
     truncated = tmp_path / "truncated.npz"
     with np.load(path) as data:
         np.savez(truncated, **{k: data[k] for k in data.files if k != "conv5_4/bias"})
     with pytest.raises(ValueError, match=r"truncated.npz.*missing keys \['conv5_4/bias'\]"):
-        vgg_weights.load_vgg19_params(truncated)
+        vgg_weights.load_vgg19_weights(truncated)
 
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not an npz")
     with pytest.raises(ValueError, match="garbage.npz"):
-        vgg_weights.load_vgg19_params(garbage)
+        vgg_weights.load_vgg19_weights(garbage)
+    with pytest.raises(ValueError, match="garbage.npz"):
+        vgg_weights.read_vgg19_input_convention(garbage)
     (tmp_path / "garbage.h5").write_bytes(b"not hdf5")
     with pytest.raises(ValueError, match="garbage.h5"):
         vgg_weights.load_vgg19_weights(tmp_path / "garbage.h5")
     with pytest.raises(FileNotFoundError, match="absent.npz"):
-        vgg_weights.load_vgg19_params(tmp_path / "absent.npz")
+        vgg_weights.load_vgg19_weights(tmp_path / "absent.npz")
 
 
 def test_torch_and_safetensors_files(tmp_path):
@@ -229,10 +239,189 @@ def test_torch_and_safetensors_files(tmp_path):
     torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, tmp_path / "vgg19.pth")
     save_file(state_dict, str(tmp_path / "vgg19.safetensors"))
     for name in ("vgg19.pth", "vgg19.safetensors"):
-        params, convention = vgg_weights.load_vgg19_weights(tmp_path / name)
-        assert convention == "torchvision"
-        jax.tree_util.tree_map(np.testing.assert_array_equal, params, expected)
+        weights = vgg_weights.load_vgg19_weights(tmp_path / name)
+        assert weights.input_convention == "torchvision"
+        assert vgg_weights.read_vgg19_input_convention(tmp_path / name) == "torchvision"
+        jax.tree_util.tree_map(np.testing.assert_array_equal, weights.params, expected)
 
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="list.pth"):
-        vgg_weights.load_torch_state_dict(tmp_path / "list.pth")
+        state_dicts.load_state_dict(tmp_path / "list.pth")
+
+
+# ---------------------------------------------------------------------------------------------
+# The convention of a weights file reaches the loss (train.load_vgg_params -> admm step).
+
+_IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406])
+_IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225])
+_CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68])
+
+
+def _numpy_relu3_4(x_BxHxWxC: np.ndarray, convs: list) -> np.ndarray:
+    """VGG19 up to relu3_4 in float64: 3x3 convs (padding 1) + ReLU, 2x2 max-pools."""
+    x, layers = np.asarray(x_BxHxWxC, np.float64), iter(convs)
+    for block, n_convs in ((1, 2), (2, 2), (3, 4)):
+        if block > 1:
+            b, h, w, c = x.shape
+            x = x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+        for _ in range(n_convs):
+            kernel_3x3xIxO, bias_O = next(layers)
+            padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            h, w = x.shape[1:3]
+            x = np.maximum(bias_O + sum(padded[:, dy:dy + h, dx:dx + w] @ kernel_3x3xIxO[dy, dx]
+                                        for dy in range(3) for dx in range(3)), 0.0)
+    return x
+
+
+def _torchvision_features(images: np.ndarray, state_dict: dict) -> np.ndarray:
+    """torchvision's rule restated: RGB / 255, ImageNet mean/std; OIHW weights."""
+    x = (np.asarray(images, np.float64) / 255.0 - _IMAGENET_MEAN_RGB) / _IMAGENET_STD_RGB
+    indices = sorted(vgg_weights.TORCHVISION_CONV_INDEX.values())[:8]
+    return _numpy_relu3_4(x, [(state_dict[f"features.{i}.weight"].astype(np.float64)
+                               .transpose(2, 3, 1, 0), state_dict[f"features.{i}.bias"])
+                              for i in indices])
+
+
+def _caffe_features(images: np.ndarray, keras_layers: dict) -> np.ndarray:
+    """Keras preprocess_input(mode='caffe') restated: RGB -> BGR, minus the BGR mean, no std;
+    the Keras kernels, which read BGR."""
+    x = np.asarray(images, np.float64)[..., ::-1] - _CAFFE_MEAN_BGR
+    names = [f"block{b}_conv{i}" for b, n in ((1, 2), (2, 2), (3, 4)) for i in range(1, n + 1)]
+    return _numpy_relu3_4(x, [(keras_layers[n][0].astype(np.float64), keras_layers[n][1])
+                              for n in names])
+
+
+def _write_keras_legacy_h5(path, keras_layers: dict) -> None:
+    """The layout of Keras's downloadable vgg19 ..._notop.h5 (layer groups, weight_names)."""
+    import h5py  # pylint: disable=import-outside-toplevel
+
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [name.encode() for name in keras_layers]
+        for name, (kernel, bias) in keras_layers.items():
+            group = f.create_group(name)
+            group.attrs["weight_names"] = [f"{name}/kernel:0".encode(), f"{name}/bias:0".encode()]
+            group[f"{name}/kernel:0"] = kernel
+            group[f"{name}/bias:0"] = bias
+
+
+def _weights_files_of_one_network(tmp_path):
+    """One random VGG19 written as a torchvision state_dict and as a Keras (Caffe BGR) file,
+    each converted by `convert vgg19`; returns the converted paths and the raw files' arrays."""
+    from lfcsr_jax import convert  # pylint: disable=import-outside-toplevel
+
+    params_rgb = _random_params(seed=5)
+    state_dict = {}
+    for name, index in vgg_weights.TORCHVISION_CONV_INDEX.items():
+        state_dict[f"features.{index}.weight"] = np.ascontiguousarray(
+            params_rgb[name]["kernel"].transpose(3, 2, 0, 1))
+        state_dict[f"features.{index}.bias"] = params_rgb[name]["bias"]
+    keras_layers = {}
+    for name in vgg_weights.VGG19_CONV_NAMES:
+        block, i = name[len("conv"):].split("_")
+        kernel = params_rgb[name]["kernel"]
+        if name == "conv1_1":
+            kernel = np.ascontiguousarray(kernel[:, :, ::-1])  # Caffe's first conv reads BGR
+        keras_layers[f"block{block}_conv{i}"] = (kernel, params_rgb[name]["bias"])
+    np.savez(tmp_path / "torchvision.npz", **state_dict)
+    _write_keras_legacy_h5(tmp_path / "keras.h5", keras_layers)
+    for source, out in (("torchvision.npz", "vgg_torchvision.npz"), ("keras.h5", "vgg_caffe.npz")):
+        convert.main(["vgg19", "--input", str(tmp_path / source), "--output", str(tmp_path / out)])
+    return tmp_path / "vgg_torchvision.npz", tmp_path / "vgg_caffe.npz", state_dict, keras_layers
+
+
+class _NearestUpsample(flax_nn.Module):
+    """Stand-in stage one (compiles in a moment): nearest x4 plus a learned colour mix."""
+
+    @flax_nn.compact
+    def __call__(self, x_BxhxwxC):
+        x_BxHxWxC = jnp.repeat(jnp.repeat(x_BxhxwxC, 4, axis=1), 4, axis=2)
+        return x_BxHxWxC + flax_nn.Dense(3)(x_BxHxWxC)
+
+
+class _Refine(flax_nn.Module):
+    """Stand-in stage two: a residual 3x3 conv."""
+
+    @flax_nn.compact
+    def __call__(self, x_BxHxWxC):
+        return x_BxHxWxC + flax_nn.Conv(3, (3, 3))(x_BxHxWxC)
+
+
+def _contextual_inputs_of_one_admm_step(config, monkeypatch):
+    """Trains one ADMM step with the VGG weights train.load_vgg_params loads for `config`
+    (real VGG19 and discriminator, stand-in generators); returns (VGG(Y), VGG(HR), Y, HR) as
+    the contextual loss received them."""
+    import dataclasses  # pylint: disable=import-outside-toplevel
+    import functools  # pylint: disable=import-outside-toplevel
+
+    from lfcsr_jax import admm, losses, train, train_state  # pylint: disable=import-outside-toplevel
+
+    train.validate_config(config)
+    networks = dataclasses.replace(train_state.make_networks(config), objective=_NearestUpsample(),
+                                   perceptual=_Refine())
+    vgg = train.load_vgg_params(config, networks)
+    state = jax.jit(functools.partial(train_state.init_train_state, config=config,
+                                      networks=networks))(jax.random.key(0))
+    rng = np.random.default_rng(6)
+    side, batch = config.input.lr_patch, config.train.global_batch_size
+    images = {"lr": rng.integers(0, 256, (batch, side, side, 3)).astype(np.uint8),
+              "hr": rng.integers(0, 256, (batch, 4 * side, 4 * side, 3)).astype(np.uint8)}
+    y = networks.perceptual.apply({"params": state.perceptual_params}, networks.objective.apply(
+        {"params": state.objective_params}, images["lr"].astype(np.float32)))
+    seen = []
+    original = losses.contextual_loss
+
+    def recording_contextual_loss(x_feats, y_feats, *args, **kwargs):
+        jax.debug.callback(lambda a, b: seen.append((np.asarray(a), np.asarray(b))),
+                           x_feats, y_feats)
+        return original(x_feats, y_feats, *args, **kwargs)
+
+    monkeypatch.setattr(losses, "contextual_loss", recording_contextual_loss)
+    step = jax.jit(functools.partial(admm.admm_step, networks=networks), donate_argnums=0)
+    _, metrics = step(state, images, vgg)
+    jax.block_until_ready(metrics)
+    monkeypatch.setattr(losses, "contextual_loss", original)
+    assert bool(metrics["all_finite"]) and len(seen) == 1, len(seen)
+    return seen[0][0], seen[0][1], np.asarray(y), images["hr"]
+
+
+def test_admm_step_feeds_vgg_the_input_convention_of_its_weights_file(tmp_path, monkeypatch):
+    """Keras (Caffe) weights get BGR-ordered 0-255 minus the Caffe mean, torchvision weights get
+    x/255 with the ImageNet mean/std: the same network, converted from the two file formats,
+    must see each its own input in the contextual loss of a real training step."""
+    from configs import x4  # pylint: disable=import-outside-toplevel
+
+    torchvision_file, caffe_file, state_dict, keras_layers = _weights_files_of_one_network(tmp_path)
+    hand = {torchvision_file: lambda images: _torchvision_features(images, state_dict),
+            caffe_file: lambda images: _caffe_features(images, keras_layers)}
+    seen = {}
+    for weights_file, features_by_hand in hand.items():
+        config = x4.get_config("tiny")
+        config.loss.vgg_weights = str(weights_file)
+        y_feats, hr_feats, y, hr = _contextual_inputs_of_one_admm_step(config, monkeypatch)
+        _assert_close(hr_feats, features_by_hand(hr), 1e-4)
+        _assert_close(y_feats, features_by_hand(y), 1e-3)  # Y itself is float32
+        seen[weights_file] = hr_feats
+    # The two conventions really are different inputs (else the test would prove nothing).
+    difference = np.max(np.abs(seen[caffe_file] / np.max(seen[caffe_file]) -
+                               seen[torchvision_file] / np.max(seen[torchvision_file])))
+    assert difference > 0.1
+
+
+def test_validate_config_refuses_reference_scaling_with_caffe_weights(tmp_path):
+    from configs import x4  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax import train  # pylint: disable=import-outside-toplevel
+
+    for convention in ("torchvision", "caffe"):
+        vgg_weights.save_vgg19_params(tmp_path / f"{convention}.npz", _random_params(), convention)
+    config = x4.get_config("tiny")
+    config.loss.vgg_input_scaling = "reference"
+    config.loss.vgg_weights = str(tmp_path / "torchvision.npz")
+    train.validate_config(config)  # the authors' scaling of torchvision weights: allowed
+    config.loss.vgg_weights = str(tmp_path / "caffe.npz")
+    with pytest.raises(train.UserError, match="vgg_input_scaling='reference'.*'caffe'"):
+        train.validate_config(config)
+    config.loss.vgg_input_scaling = "as_weights"
+    train.validate_config(config)
+    config.loss.vgg_input_scaling = "imagenet"  # the old name of 'as_weights'
+    with pytest.raises(train.UserError, match="vgg_input_scaling='imagenet'"):
+        train.validate_config(config)

@@ -10,13 +10,15 @@ weights came from, so it is a property of the weights, not of the network:
   'caffe' (Keras applications weights, converted from the original Caffe model; our converter has
       already reordered the first conv to RGB): x in 0-255 minus the Caffe per-channel mean, no
       division by a standard deviation.
-`vgg_input` turns an image into either form.
+Hence frozen weights travel as `VGG19Weights` (params + their convention), and `vgg_input` (the
+one normaliser) turns a 0-255 image into the form a convention requires.
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,6 +36,25 @@ IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 # Mean pixel of the Caffe VGG training set (Keras `preprocess_input(mode='caffe')`), RGB order.
 CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
 INPUT_CONVENTIONS = ("torchvision", "caffe")
+
+
+@flax.struct.dataclass
+class VGG19Weights:
+    """Frozen VGG19 params and the input convention they were trained with.
+
+    A pytree: the params are its leaves (placed, sharded and passed to the jitted step like any
+    array tree); `input_convention` is static, so it is part of the compiled program and the loss
+    reads it at trace time. Loaders return this, never bare params, so the convention cannot be
+    dropped on the way from the weights file to the loss.
+    """
+
+    params: Any  # {'conv1_1': {'kernel': HWIO, 'bias'}, ...}
+    input_convention: str = flax.struct.field(pytree_node=False)
+
+    def __post_init__(self):
+        if self.input_convention not in INPUT_CONVENTIONS:
+            raise ValueError(f"VGG19Weights: input_convention {self.input_convention!r} not in "
+                             f"{INPUT_CONVENTIONS}")
 
 
 def _depth(layer: str) -> int:
@@ -78,18 +99,23 @@ class VGG19Features(nn.Module):
         return features
 
 
-def vgg_input(x_BxHxWx3: jax.Array, convention: str = "torchvision",
-              pixel_max: float = 255.0) -> jax.Array:
-    """Normalises an RGB image whose white is `pixel_max` for VGG weights of `convention`.
+def vgg_input(images_BxHxWx3: jax.Array, convention: str,
+              scaling: str = "as_weights") -> jax.Array:
+    """RGB images on the 0-255 scale -> the input VGG weights of `convention` require.
 
-    pixel_max=255 for images in [0, 255]. The authors' code fed [0, 255] values into the 0-1
-    ImageNet statistics: reproduce that with pixel_max=1.0 (REFERENCE.md 9.3).
+    `scaling` is config.loss.vgg_input_scaling: 'as_weights' gives exactly what the convention
+    requires; 'reference' reproduces the authors' code, which fed 0-255 values into the 0-1
+    ImageNet statistics (REFERENCE.md 9.3); it is defined for 'torchvision' weights only
+    (train.validate_config rejects it with a 'caffe' weights file).
     """
-    x01 = x_BxHxWx3.astype(jnp.float32) / pixel_max
-    if convention == "torchvision":
-        mean = jnp.asarray(IMAGENET_MEAN_RGB, jnp.float32)
-        std = jnp.asarray(IMAGENET_STD_RGB, jnp.float32)
-        return (x01 - mean) / std
-    if convention == "caffe":
-        return x01 * 255.0 - jnp.asarray(CAFFE_MEAN_RGB, jnp.float32)
-    raise ValueError(f"unknown VGG input convention {convention!r}; expected {INPUT_CONVENTIONS}")
+    x = images_BxHxWx3.astype(jnp.float32)
+    imagenet_mean = jnp.asarray(IMAGENET_MEAN_RGB, jnp.float32)
+    imagenet_std = jnp.asarray(IMAGENET_STD_RGB, jnp.float32)
+    if (convention, scaling) == ("torchvision", "as_weights"):
+        return (x / 255.0 - imagenet_mean) / imagenet_std
+    if (convention, scaling) == ("torchvision", "reference"):
+        return (x - imagenet_mean) / imagenet_std
+    if (convention, scaling) == ("caffe", "as_weights"):
+        return x - jnp.asarray(CAFFE_MEAN_RGB, jnp.float32)
+    raise ValueError(f"no VGG input for weights of convention {convention!r} (one of "
+                     f"{INPUT_CONVENTIONS}) with vgg_input_scaling {scaling!r}")
