@@ -241,3 +241,65 @@ def test_export_housekeeping(tmp_path, export_dir):
         os.umask(old_umask)
     assert not stale.exists()  # left by a killed export: cleaned by the next one
     assert (target.stat().st_mode & 0o777) == 0o755  # the umask, not mkdtemp's 0700
+
+
+# ----------------------------------------------------------------------------- items 3, 4, 5: evaluate
+
+
+@pytest.fixture()
+def broken_set5(shared_data, tmp_path) -> Path:
+    """A copy of Set5 that the test then damages; Set14 beside it is intact."""
+    root = tmp_path / "data"
+    root.mkdir()
+    shutil.copytree(shared_data / "benchmarks" / "Set5", root / "Set5")
+    (root / "Set14").symlink_to(shared_data / "benchmarks" / "Set14")
+    return root
+
+
+def _evaluate_bicubic(data_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_cli("evaluate", "--model=bicubic", f"--data_dir={data_dir}", "--metrics=psnr",
+                   *extra)
+
+
+def test_incomplete_dataset_fails_naming_the_file(broken_set5):
+    lr_dir = broken_set5 / "Set5" / "LR_bicubic" / "X4"
+    (lr_dir / "img_003_SRF_4_LR.png").unlink()
+    result = _evaluate_bicubic(broken_set5, "--datasets=Set5,Set14")
+    assert_one_line_error(result, "dataset Set5", "img_003_SRF_4_HR.png")
+
+
+def test_mismatched_and_truncated_lr_fail_in_one_line(broken_set5):
+    lr_file = broken_set5 / "Set5" / "LR_bicubic" / "X4" / "img_002_SRF_4_LR.png"
+    image = Image.open(lr_file)
+    image.crop((0, 0, image.width - 3, image.height)).save(lr_file)
+    assert_one_line_error(_evaluate_bicubic(broken_set5, "--datasets=Set5"), "img_002_SRF_4")
+    os.truncate(lr_file, lr_file.stat().st_size // 2)
+    assert_one_line_error(_evaluate_bicubic(broken_set5, "--datasets=Set5"),
+                          "img_002_SRF_4_LR.png")
+
+
+def test_absent_dataset_is_listed_as_skipped(shared_data, tmp_path):
+    out = tmp_path / "report"
+    result = _evaluate_bicubic(shared_data / "benchmarks", "--datasets=Set5,Urban100",
+                               "--max_images=1", f"--output_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipped (not found under" in result.stdout and "Urban100" in result.stdout
+    assert "skipped (not found): Urban100" in (out / "table.md").read_text()
+
+
+def test_evaluate_bad_flags_fail_before_scoring(shared_data, tmp_path):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    data = shared_data / "benchmarks"
+    cases = [
+        (("--metrics=psnr,sim",), "--metrics: unknown ['sim']"),
+        (("--alphas=0,x",), "--alphas"),
+        (("--max_images=-1",), "--max_images=-1"),
+        ((f"--output_dir={a_file}",), "--output_dir"),
+        ((f"--output_dir={a_file}/sub",), "is a file"),
+    ]
+    for args, needle in cases:
+        assert_one_line_error(_evaluate_bicubic(data, "--datasets=Set5", *args), needle)
+    bad_checkpoint = run_cli("evaluate", f"--checkpoint={tmp_path / 'nope'}", f"--data_dir={data}",
+                             "--datasets=Set5", "--metrics=psnr")
+    assert_one_line_error(bad_checkpoint, "nope")
