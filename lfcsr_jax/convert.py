@@ -4,8 +4,9 @@
   python -m lfcsr_jax.convert vgg19 --input vgg19-dcbb9e9d.pth --output vgg19.npz
 
 The PDASR state_dict holds the whole two-stage model: `D.*` = HAN (G_O), `P.*` = Res-clique (G_P).
-Every key is accounted for: missing, unknown and mis-shaped keys all raise one ValueError that
-names each of them. The MeanShift constants (`sub_mean`, `add_mean`) are frozen in our networks;
+Every key is accounted for: missing, unknown and mis-shaped keys all raise one ConvertError (a
+ValueError) that counts each kind and names the first few of each. A file that is not a state
+dict, a wrong --output and the like end the command with one `convert: error: ...` line (exit 2). The MeanShift constants (`sub_mean`, `add_mean`) are frozen in our networks;
 they are checked against the configured mean and not imported.
 """
 
@@ -22,6 +23,7 @@ from typing import Any, Callable, Iterator, Mapping
 import jax
 import numpy as np
 
+from lfcsr_jax.cli_errors import UserError, reports_user_errors
 from lfcsr_jax.models import generator
 
 StateDict = Mapping[str, Any]
@@ -29,6 +31,16 @@ Params = dict[str, Any]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "x4.py"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+SHOWN_KEYS = 8  # names listed per kind of problem; the rest are counted
+
+
+class ConvertError(UserError):
+    """A weights file or an output that cannot be used; the message names the file."""
+
+
+def _some(names: list[str], sep: str = ", ") -> str:
+    shown = sep.join(names[:SHOWN_KEYS])
+    return shown + (f", ... and {len(names) - SHOWN_KEYS} more" if len(names) > SHOWN_KEYS else "")
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -119,16 +131,18 @@ class _Problems:
     def raise_if_any(self, where: str) -> None:
         if not (self.missing or self.unknown or self.wrong_shape or self.bad_value):
             return
-        lines = [f"{where}: the state_dict does not match the configured model"]
+        # A state_dict of another network has thousands of keys: count them, name a few.
+        parts = [f"{where}: the state_dict does not match the configured model"]
         if self.missing:
-            lines.append(f"missing keys ({len(self.missing)}): " + ", ".join(sorted(self.missing)))
+            parts.append(f"missing keys ({len(self.missing)}): " + _some(sorted(self.missing)))
         if self.unknown:
-            lines.append(f"unknown keys ({len(self.unknown)}): " + ", ".join(sorted(self.unknown)))
+            parts.append(f"unknown keys ({len(self.unknown)}): " + _some(sorted(self.unknown)))
         if self.wrong_shape:
-            lines.append(f"wrong shapes ({len(self.wrong_shape)}): " + "; ".join(self.wrong_shape))
+            parts.append(f"wrong shapes ({len(self.wrong_shape)}): "
+                         + _some(self.wrong_shape, "; "))
         if self.bad_value:
-            lines.append("bad constants: " + "; ".join(self.bad_value))
-        raise ValueError("\n  ".join(lines))
+            parts.append("bad constants: " + "; ".join(self.bad_value))
+        raise ConvertError("; ".join(parts) + " (is --config the model these weights are for?)")
 
 
 def _is_shape(s: Any) -> bool:
@@ -245,7 +259,7 @@ def pdasr_params_from_state_dict(state_dict: StateDict, model_cfg: Any) -> Param
 def _unwrap(checkpoint: Any, path: Path) -> Mapping[str, Any]:
     """A bare state_dict, or one nested under 'state_dict' / 'model' (training checkpoints)."""
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(
+        raise ConvertError(
             f"{path}: expected a state_dict (names -> tensors), got {type(checkpoint).__name__}"
         )
     for wrapper in ("state_dict", "model"):
@@ -262,7 +276,13 @@ def _load_torch(path: Path) -> dict[str, Any]:
         raise ImportError(
             f"{path}: reading PyTorch files needs torch; convert to .npz/.safetensors elsewhere"
         ) from e
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and RuntimeError types; torch's text would advise
+        # weights_only=False, which is wrong for a file of unknown origin.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConvertError(f"{path}: not a PyTorch state_dict that can be read safely "
+                           f"({first[:200]})") from e
     return {
         str(k): (v.detach().cpu().float().numpy() if isinstance(v, torch.Tensor) else v)
         for k, v in _unwrap(checkpoint, path).items()
@@ -273,19 +293,25 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     """A state_dict as numpy arrays from .pt/.pth (torch, imported lazily), .npz or .safetensors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise ConvertError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix in TORCH_SUFFIXES:
         return _load_torch(path)
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            return {k: archive[k] for k in archive.files}
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return {k: archive[k] for k in archive.files}
+        except (OSError, ValueError, EOFError) as e:
+            raise ConvertError(f"{path}: not a readable .npz archive ({e})") from e
     if suffix == ".safetensors":
         from safetensors.numpy import load_file
 
-        return dict(load_file(str(path)))
+        try:
+            return dict(load_file(str(path)))
+        except Exception as e:  # safetensors raises its own error types
+            raise ConvertError(f"{path}: not a readable safetensors file ({e})") from e
     known = TORCH_SUFFIXES + (".npz", ".safetensors")
-    raise ValueError(f"{path}: unknown weight format {suffix!r}; expected one of {known}")
+    raise ConvertError(f"{path}: unknown weight format {suffix!r}; expected one of {known}")
 
 
 def load_model_config(spec: str | os.PathLike) -> Any:
@@ -293,7 +319,7 @@ def load_model_config(spec: str | os.PathLike) -> Any:
     file, _, variant = str(spec).partition(":")
     path = Path(file)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: config file not found")
+        raise ConvertError(f"--config: {path}: config file not found")
     module_spec = importlib.util.spec_from_file_location(f"_lfcsr_config_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -304,9 +330,14 @@ def load_model_config(spec: str | os.PathLike) -> Any:
 
 def _check_output(output: Path, source: Path) -> None:
     if output.resolve() == source.resolve():
-        raise SystemExit(f"error: --output {output} is the input file; refusing to write over it")
+        raise ConvertError(f"--output {output} is the input file; refusing to write over it")
     if output.exists():
-        raise SystemExit(f"error: --output {output} already exists; refusing to overwrite it")
+        raise ConvertError(f"--output {output} already exists; refusing to overwrite it")
+    parent = output.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConvertError(f"--output {output}: {parent} is a file, not a folder")
 
 
 def convert_pdasr(
@@ -331,14 +362,23 @@ def convert_vgg19(input_path: str | os.PathLike, output_path: str | os.PathLike)
     from lfcsr_jax import vgg_weights  # Written separately; needed only by this command.
 
     input_path, output_path = Path(input_path), Path(output_path)
+    if output_path.suffix.lower() != ".npz":
+        # np.savez would silently add .npz, and training reads the file only under that name.
+        raise ConvertError(f"--output {output_path}: must end with .npz (e.g. "
+                           f"{output_path.with_name(output_path.name + '.npz')})")
     _check_output(output_path, input_path)
     # Keras weights come from Caffe and expect BGR-mean-subtracted input: the convention is
     # stored beside the params so the loss preprocesses correctly.
-    params, input_convention = vgg_weights.load_vgg19_weights(input_path)
+    try:
+        params, input_convention = vgg_weights.load_vgg19_weights(input_path)
+    except (OSError, ValueError) as e:  # vgg_weights' messages name the file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConvertError(first) from e
     vgg_weights.save_vgg19_params(output_path, params, input_convention=input_convention)
     return output_path
 
 
+@reports_user_errors("convert")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lfcsr_jax.convert", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter

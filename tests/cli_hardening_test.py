@@ -303,3 +303,28 @@ def test_evaluate_bad_flags_fail_before_scoring(shared_data, tmp_path):
     bad_checkpoint = run_cli("evaluate", f"--checkpoint={tmp_path / 'nope'}", f"--data_dir={data}",
                              "--datasets=Set5", "--metrics=psnr")
     assert_one_line_error(bad_checkpoint, "nope")
+
+
+# ----------------------------------------------------------------------------- item 5: convert
+
+
+def test_convert_bad_weights_fail_in_one_short_line(tmp_path):
+    torch = pytest.importorskip("torch")
+    random_file = tmp_path / "random.pt"
+    random_file.write_bytes(np.random.default_rng(0).bytes(4096))
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    np.savez(tmp_path / "other.npz", **{f"layer{i}.weight": np.zeros(1, np.float32)
+                                        for i in range(2014)})
+    result = run_cli("convert", "pdasr", f"--input={random_file}", f"--output={tmp_path / 'e1'}")
+    line = assert_one_line_error(result, "random.pt", "read safely")
+    assert "weights_only=False" not in result.stderr  # torch's advice is wrong for such files
+    assert_one_line_error(run_cli("convert", "pdasr", f"--input={tmp_path / 'list.pt'}",
+                                  f"--output={tmp_path / 'e2'}"), "list.pt", "list")
+    wrong = run_cli("convert", "pdasr", f"--input={tmp_path / 'other.npz'}",
+                    f"--output={tmp_path / 'e3'}")
+    line = assert_one_line_error(wrong, "unknown keys (2014)", "more")
+    assert len(line) < 2000, len(line)
+    vgg = run_cli("convert", "vgg19", f"--input={tmp_path / 'other.npz'}",
+                  f"--output={tmp_path / 'vgg19'}")
+    assert_one_line_error(vgg, "must end with .npz")
+    assert not list(tmp_path.glob("vgg19*")) and not list(tmp_path.glob("e[123]"))
