@@ -37,6 +37,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from lfcsr_jax.cli_errors import UserError, reports_user_errors
+
 REFERENCE_MAC_PER_LR_PIXEL = {"objective": 16.41e6, "perceptual": 10.37e6}
 XLA_SCAN_NOTE = ("XLA cost analysis counts a scanned loop body once (HAN groups/RCABs and "
                  "Res-clique blocks are nn.scan), so it under-reports; use the hand count")
@@ -214,13 +216,17 @@ def load_config(spec: str):
     """`path/to/config.py[:arg]` -> get_config(arg) (the ml_collections config-file convention)."""
     path, _, arg = spec.partition(":")
     if not Path(path).is_file():
-        raise SystemExit(f"complexity: --config file {path} not found")
+        raise UserError(f"--config file {path} not found")
     module_spec = importlib.util.spec_from_file_location("_lfcsr_config", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    try:
+        return module.get_config(arg or None)
+    except ValueError as e:  # the config files reject an unknown variant with a ValueError
+        raise UserError(f"--config={spec}: {e}") from e
 
 
+@reports_user_errors("complexity")
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m lfcsr_jax.complexity", description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="configs/x4.py[:variant]")
@@ -229,6 +235,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no_latency", action="store_true", help="skip the (slow on CPU) timing")
     p.add_argument("--output", default="", help="also write the JSON here")
     args = p.parse_args(argv)
+    if args.latency_size < 1:
+        raise UserError(f"--latency_size={args.latency_size} must be a positive LR side in pixels")
+    if args.repeats < 1:
+        raise UserError(f"--repeats={args.repeats} must be at least 1")
+    if args.output and Path(args.output).is_dir():
+        raise UserError(f"--output={args.output} is a folder; name the JSON file to write")
     config = load_config(args.config)
     model_cfg = config.model.to_dict()
     hr_patch = int(config.input.lr_patch) * int(model_cfg["scale"])

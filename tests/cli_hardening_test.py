@@ -328,3 +328,16 @@ def test_convert_bad_weights_fail_in_one_short_line(tmp_path):
                   f"--output={tmp_path / 'vgg19'}")
     assert_one_line_error(vgg, "must end with .npz")
     assert not list(tmp_path.glob("vgg19*")) and not list(tmp_path.glob("e[123]"))
+
+
+# ----------------------------------------------------------------------------- item 9: complexity
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--config=configs/x4.py:tiny", "--latency_size=0"), "--latency_size=0"),
+    (("--config=configs/x4.py:tiny", "--latency_size=-5"), "--latency_size=-5"),
+    (("--config=configs/x4.py:tiny", "--repeats=0"), "--repeats=0"),
+    (("--config=configs/x4.py:tinyy",), "unknown variant 'tinyy'"),
+])
+def test_complexity_bad_flags_fail_in_one_line(args, needle):
+    assert_one_line_error(run_cli("complexity", *args), needle)
