@@ -13,7 +13,6 @@ import importlib.util
 import logging as logging_std
 import os
 import sys
-from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags

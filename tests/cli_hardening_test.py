@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -229,8 +228,6 @@ def test_corrupt_exports_are_named_in_one_line(tmp_path, export_dir, inputs):
 
 
 def test_export_housekeeping(tmp_path, export_dir):
-    from lfcsr_jax.models import generator  # noqa: F401 (imported by make_tiny_export anyway)
-
     _, params = checkpointing.load_export(export_dir)
     stale = tmp_path / ".export.tmp-killed"
     (stale / "params").mkdir(parents=True)
