@@ -3,8 +3,10 @@
 Export layout (what `evaluate`, `super_resolve` and `convert pdasr` read and write):
   EXPORT_DIR/config.json   {"model": <model config dict>, "format": "lfcsr_jax.export/1", ...}
   EXPORT_DIR/params/       an Orbax StandardCheckpointer tree {"objective": ..., "perceptual": ...}
-Writes go to a temporary sibling first and are renamed into place, so a crash never leaves a
-half-written export behind.
+Writes go to a temporary sibling (`.<name>.tmp-*`) first and are renamed into place, so a crash
+never leaves a half-written export behind; a sibling left by a killed export is removed by the
+next export to the same place. A corrupt export (unreadable config.json, truncated or random
+params/) raises CheckpointError naming the file.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,11 +23,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lfcsr_jax.cli_errors import UserError
+
 EXPORT_FORMAT = "lfcsr_jax.export/1"
 GENERATOR_KEYS = ("objective", "perceptual")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint or export that cannot be used, with the path and the reason."""
 
 
@@ -51,8 +56,10 @@ def save_export(
     if target.exists() and not overwrite:
         raise CheckpointError(f"{target}: already exists; pass overwrite=True to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; an export is an ordinary folder
         host_params = jax.tree_util.tree_map(np.asarray, generator_params)
         checkpointer = _this_process_only_checkpointer()
         checkpointer.save(staging / "params", host_params)
@@ -77,16 +84,73 @@ def load_export(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str,
         raise CheckpointError(f"{source}: no such export directory")
     if not config_file.is_file():
         raise CheckpointError(f"{source}: not an lfcsr_jax export (no config.json)")
-    info = json.loads(config_file.read_text())
-    if info.get("format") != EXPORT_FORMAT:
+    try:
+        info = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{config_file}: unreadable or not JSON ({e}); the export is "
+                              "damaged: re-export or re-convert the model") from e
+    if not isinstance(info, dict) or info.get("format") != EXPORT_FORMAT:
+        found = info.get("format") if isinstance(info, dict) else type(info).__name__
         raise CheckpointError(
-            f"{config_file}: format {info.get('format')!r}, expected {EXPORT_FORMAT!r}"
+            f"{config_file}: format {found!r}, expected {EXPORT_FORMAT!r}"
         )
-    if not (source / "params").is_dir():
+    if not isinstance(info.get("model"), dict):
+        raise CheckpointError(f"{config_file}: no 'model' config object; re-export the model")
+    params_dir = source / "params"
+    if not params_dir.is_dir():
         raise CheckpointError(f"{source}: export has no params/ directory")
-    params = _this_process_only_checkpointer().restore(source / "params")
+    metadata = params_dir / "_METADATA"
+    if metadata.is_file():
+        try:
+            json.loads(metadata.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{metadata}: unreadable or not JSON ({e}); the export is "
+                                  "damaged: re-export or re-convert the model") from e
+    _silence_closed_event_loop_reports()
+    try:
+        params = _this_process_only_checkpointer().restore(params_dir)
+    except Exception as e:  # Orbax/TensorStore raise many types for damaged files
+        first = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"{params_dir}: cannot read the parameters ({type(e).__name__}: "
+                              f"{first}); the export is truncated or damaged: re-export or "
+                              "re-convert the model") from e
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{params_dir}: expected a tree of parameters, got "
+                              f"{type(params).__name__}")
     _check_generator_tree(params, str(source))
     return info["model"], params
+
+
+def _silence_closed_event_loop_reports() -> None:
+    """Installed before every export restore. When the params are damaged, TensorStore still
+    completes the reads it had queued after Orbax has failed and closed its asyncio loop; each
+    one prints a 'RuntimeError: Event loop is closed' traceback through sys.excepthook (about
+    150 lines for a random-data export), burying the one-line error. Drop exactly those
+    reports; every other exception is printed as before."""
+    previous = sys.excepthook
+    if getattr(previous, "_drops_closed_event_loop", False):
+        return
+
+    def hook(kind, value, traceback):
+        if kind is RuntimeError and str(value) == "Event loop is closed":
+            return
+        previous(kind, value, traceback)
+
+    hook._drops_closed_event_loop = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _remove_stale_staging(target: Path) -> None:
+    """Removes `.<name>.tmp-*` siblings: staging folders of exports that were killed mid-write."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _this_process_only_checkpointer() -> ocp.StandardCheckpointer:

@@ -36,6 +36,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from lfcsr_jax.cli_errors import UserError, reports_user_errors
 from lfcsr_jax.configuration import load_config_file
 
 REFERENCE_MAC_PER_LR_PIXEL = {"objective": 16.41e6, "perceptual": 10.37e6}
@@ -211,6 +212,18 @@ def report(model_cfg: Mapping[str, Any], hr_patch: int, lr_size: int = 128, repe
     return out
 
 
+def load_config(spec: str):
+    """`path/to/config.py[:arg]` -> its config, with a missing file or unknown variant as a
+    UserError (configuration.load_config_file does the reading)."""
+    try:
+        return load_config_file(spec)
+    except FileNotFoundError as e:
+        raise UserError(f"--config: {e}") from e
+    except ValueError as e:  # the config files reject an unknown variant with a ValueError
+        raise UserError(f"--config={spec}: {e}") from e
+
+
+@reports_user_errors("complexity")
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m lfcsr_jax.complexity", description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="configs/x4.py[:variant]")
@@ -219,10 +232,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no_latency", action="store_true", help="skip the (slow on CPU) timing")
     p.add_argument("--output", default="", help="also write the JSON here")
     args = p.parse_args(argv)
-    try:
-        config = load_config_file(args.config)
-    except FileNotFoundError as error:
-        raise SystemExit(f"complexity: --config: {error}") from error
+    if args.latency_size < 1:
+        raise UserError(f"--latency_size={args.latency_size} must be a positive LR side in pixels")
+    if args.repeats < 1:
+        raise UserError(f"--repeats={args.repeats} must be at least 1")
+    if args.output and Path(args.output).is_dir():
+        raise UserError(f"--output={args.output} is a folder; name the JSON file to write")
+    config = load_config(args.config)
     model_cfg = config.model.to_dict()
     hr_patch = int(config.input.lr_patch) * int(model_cfg["scale"])
     out = report(model_cfg, hr_patch, args.latency_size, args.repeats, not args.no_latency)

@@ -4,8 +4,9 @@
   python -m lfcsr_jax.convert vgg19 --input vgg19-dcbb9e9d.pth --output vgg19.npz
 
 The PDASR state_dict holds the whole two-stage model: `D.*` = HAN (G_O), `P.*` = Res-clique (G_P).
-Every key is accounted for: missing, unknown and mis-shaped keys all raise one ValueError that
-names each of them. The MeanShift constants (`sub_mean`, `add_mean`) are frozen in our networks;
+Every key is accounted for: missing, unknown and mis-shaped keys all raise one ConvertError (a
+ValueError) that counts each kind and names the first few of each. A file that is not a state
+dict, a wrong --output and the like end the command with one `convert: error: ...` line (exit 2). The MeanShift constants (`sub_mean`, `add_mean`) are frozen in our networks;
 they are checked against the configured mean and not imported.
 """
 
@@ -21,6 +22,7 @@ from typing import Any, Callable, Iterator, Mapping
 import jax
 import numpy as np
 
+from lfcsr_jax.cli_errors import UserError, reports_user_errors
 from lfcsr_jax.configuration import load_config_file
 from lfcsr_jax.models import generator
 from lfcsr_jax.state_dicts import load_state_dict
@@ -29,6 +31,16 @@ StateDict = Mapping[str, Any]
 Params = dict[str, Any]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "x4.py"
+SHOWN_KEYS = 8  # names listed per kind of problem; the rest are counted
+
+
+class ConvertError(UserError):
+    """A weights file or an output that cannot be used; the message names the file."""
+
+
+def _some(names: list[str], sep: str = ", ") -> str:
+    shown = sep.join(names[:SHOWN_KEYS])
+    return shown + (f", ... and {len(names) - SHOWN_KEYS} more" if len(names) > SHOWN_KEYS else "")
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -119,16 +131,18 @@ class _Problems:
     def raise_if_any(self, where: str) -> None:
         if not (self.missing or self.unknown or self.wrong_shape or self.bad_value):
             return
-        lines = [f"{where}: the state_dict does not match the configured model"]
+        # A state_dict of another network has thousands of keys: count them, name a few.
+        parts = [f"{where}: the state_dict does not match the configured model"]
         if self.missing:
-            lines.append(f"missing keys ({len(self.missing)}): " + ", ".join(sorted(self.missing)))
+            parts.append(f"missing keys ({len(self.missing)}): " + _some(sorted(self.missing)))
         if self.unknown:
-            lines.append(f"unknown keys ({len(self.unknown)}): " + ", ".join(sorted(self.unknown)))
+            parts.append(f"unknown keys ({len(self.unknown)}): " + _some(sorted(self.unknown)))
         if self.wrong_shape:
-            lines.append(f"wrong shapes ({len(self.wrong_shape)}): " + "; ".join(self.wrong_shape))
+            parts.append(f"wrong shapes ({len(self.wrong_shape)}): "
+                         + _some(self.wrong_shape, "; "))
         if self.bad_value:
-            lines.append("bad constants: " + "; ".join(self.bad_value))
-        raise ValueError("\n  ".join(lines))
+            parts.append("bad constants: " + "; ".join(self.bad_value))
+        raise ConvertError("; ".join(parts) + " (is --config the model these weights are for?)")
 
 
 def _is_shape(s: Any) -> bool:
@@ -240,13 +254,29 @@ def pdasr_params_from_state_dict(state_dict: StateDict, model_cfg: Any) -> Param
     return {"objective": objective, "perceptual": perceptual}
 
 
+# ----------------------------------------------------------------------------- loaders
+
+def _read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """state_dicts.load_state_dict with its errors as one-line ConvertErrors naming the file."""
+    try:
+        return load_state_dict(path)
+    except (OSError, ValueError, ImportError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConvertError(first[:300]) from e
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def _check_output(output: Path, source: Path) -> None:
     if output.resolve() == source.resolve():
-        raise SystemExit(f"error: --output {output} is the input file; refusing to write over it")
+        raise ConvertError(f"--output {output} is the input file; refusing to write over it")
     if output.exists():
-        raise SystemExit(f"error: --output {output} already exists; refusing to overwrite it")
+        raise ConvertError(f"--output {output} already exists; refusing to overwrite it")
+    parent = output.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConvertError(f"--output {output}: {parent} is a file, not a folder")
 
 
 def convert_pdasr(
@@ -260,7 +290,7 @@ def convert_pdasr(
     input_path, output_dir = Path(input_path), Path(output_dir)
     _check_output(output_dir, input_path)
     model_cfg = load_config_file(config).model
-    params = pdasr_params_from_state_dict(load_state_dict(input_path), model_cfg)
+    params = pdasr_params_from_state_dict(_read_state_dict(input_path), model_cfg)
     model_dict = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
     extra = {"converted_from": str(input_path.resolve()), "converter": "lfcsr_jax.convert pdasr"}
     return checkpointing.save_export(output_dir, params, model_dict, extra_info=extra)
@@ -271,14 +301,23 @@ def convert_vgg19(input_path: str | os.PathLike, output_path: str | os.PathLike)
     from lfcsr_jax import vgg_weights  # Written separately; needed only by this command.
 
     input_path, output_path = Path(input_path), Path(output_path)
+    if output_path.suffix.lower() != ".npz":
+        # np.savez would silently add .npz, and training reads the file only under that name.
+        raise ConvertError(f"--output {output_path}: must end with .npz (e.g. "
+                           f"{output_path.with_name(output_path.name + '.npz')})")
     _check_output(output_path, input_path)
     # Keras weights come from Caffe and expect BGR-mean-subtracted input: the convention is
     # stored beside the params so the loss preprocesses correctly.
-    weights = vgg_weights.load_vgg19_weights(input_path)
+    try:
+        weights = vgg_weights.load_vgg19_weights(input_path)
+    except (OSError, ValueError) as e:  # vgg_weights' messages name the file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConvertError(first) from e
     vgg_weights.save_vgg19_params(output_path, weights.params, weights.input_convention)
     return output_path
 
 
+@reports_user_errors("convert")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lfcsr_jax.convert", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter

@@ -14,6 +14,10 @@ added for reference. Outputs in --output_dir: table.md (also printed), results.c
 Metrics whose weights were not given are reported as unavailable, with the reason.
 Data layout: DATA/<Set>/HR + DATA/<Set>/LR_bicubic/X4 (EDSR / SelfExSR layout), or HR only (LR made
 with the MATLAB-exact imresize).
+A requested dataset that is absent altogether is skipped and listed as skipped under the table; one
+that exists but is incomplete or damaged (a missing LR file, a size mismatch, a truncated image)
+stops the run with an error naming the file. Flags and the output folder are checked before any
+scoring; user errors end with one `evaluate: error: ...` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from lfcsr_jax import metrics
+from lfcsr_jax.cli_errors import UserError, check_output_dir, reports_user_errors
 
 DEFAULT_DATASETS = "Set5,Set14,BSD100,Urban100,Manga109"
 DEFAULT_ALPHAS = ",".join(f"{a / 10:g}" for a in range(11))
@@ -57,7 +62,7 @@ class MetricSuite:
                  nrqm_model: str = ""):
         unknown = [n for n in names if n not in METRIC_NAMES]
         if unknown:
-            raise ValueError(f"--metrics: unknown {unknown}; choose from {list(METRIC_NAMES)}")
+            raise UserError(f"--metrics: unknown {unknown}; choose from {list(METRIC_NAMES)}")
         self.scale = scale
         self.unavailable: dict[str, str] = {}
         self._lpips = None
@@ -103,15 +108,29 @@ class MetricSuite:
 # ----------------------------------------------------------------------------- data and models
 
 
-def load_dataset(data_dir: str | Path, name: str, scale: int) -> list[dict[str, Any]]:
-    """[{'name', 'lr', 'hr', 'hr_gray'}] (uint8 RGB) of one benchmark; FileNotFoundError if absent.
+class DatasetAbsent(FileNotFoundError):
+    """No folder of the requested benchmark at all (skipped, and listed as skipped)."""
 
+
+def load_dataset(data_dir: str | Path, name: str, scale: int) -> list[dict[str, Any]]:
+    """[{'name', 'lr', 'hr', 'hr_gray'}] (uint8 RGB) of one benchmark.
+
+    DatasetAbsent when there is no folder for it; UserError naming the file when the folder
+    exists but is incomplete or damaged (a missing LR file, a size mismatch, a truncated image).
     'hr_gray' is True when the HR file is single-channel (scored on gray levels, metrics.py).
     """
     from lfcsr_jax import benchmarks  # pylint: disable=import-outside-toplevel
 
-    directory = benchmarks.find_benchmark(data_dir, name)
-    items = [dict(item) for item in benchmarks.load_benchmark(directory, scale=scale)]
+    try:
+        directory = benchmarks.find_benchmark(data_dir, name)
+    except FileNotFoundError as e:
+        raise DatasetAbsent(str(e)) from e
+    try:
+        items = [dict(item) for item in benchmarks.load_benchmark(directory, scale=scale)]
+    except UserError as e:
+        raise UserError(f"dataset {name} ({directory}) is damaged: {e}") from e
+    except (OSError, ValueError) as e:  # missing LR file, size mismatch, unreadable index.csv
+        raise UserError(f"dataset {name} ({directory}) is incomplete or damaged: {e}") from e
     gray_names = _single_channel_names(directory)
     for item in items:
         item.setdefault("hr_gray", item["name"] in gray_names)
@@ -211,10 +230,10 @@ def parse_alphas(text: str) -> list[float]:
     try:
         alphas = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise ValueError(f"--alphas: expected comma-separated numbers, got {text!r}") from None
+        raise UserError(f"--alphas: expected comma-separated numbers, got {text!r}") from None
     bad = [a for a in alphas if not 0.0 <= a <= 1.0]
     if not alphas or bad:
-        raise ValueError(f"--alphas: need values in [0, 1], got {text!r}")
+        raise UserError(f"--alphas: need values in [0, 1], got {text!r}")
     return sorted(set(alphas))
 
 
@@ -227,11 +246,14 @@ def load_reference_points(spec: str) -> list[dict[str, Any]]:
         return list(PAPER_REFERENCE_POINTS)
     path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"--reference_points: {path} not found")
-    points = json.loads(path.read_text())
+        raise UserError(f"--reference_points: {path} not found")
+    try:
+        points = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"--reference_points: {path} is not JSON ({e})") from e
     if not isinstance(points, list) or not all(
             isinstance(p, dict) and {"label", "dataset", "psnr"} <= p.keys() for p in points):
-        raise ValueError(f"{path}: expected a JSON list of objects with label, dataset, psnr")
+        raise UserError(f"{path}: expected a JSON list of objects with label, dataset, psnr")
     return points
 
 
@@ -267,6 +289,8 @@ def write_reports(output_dir: Path, results: dict[str, Any], suite: MetricSuite,
     output_dir.mkdir(parents=True, exist_ok=True)
     table = format_table(results, suite.names)
     notes = [f"- {name}: unavailable: {why}" for name, why in suite.unavailable.items()]
+    if info.get("missing_datasets"):
+        notes.append(f"- skipped (not found): {', '.join(info['missing_datasets'])}")
     (output_dir / "table.md").write_text(table + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else ""))
     with open(output_dir / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -314,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Haar LL/HH views and LL-difference maps per image (paper Figs. 5, 7)")
     p.add_argument("--reference_points", default="", help="'paper' or a JSON file for the plot")
     p.add_argument("--scale", type=int, default=4)
-    p.add_argument("--dtype", default="", help="compute dtype override, e.g. bfloat16 on GPUs")
+    p.add_argument("--dtype", default="", choices=("", "float32", "bfloat16", "float16"),
+                   help="compute dtype override: float32 | bfloat16 | float16 (e.g. bfloat16 on "
+                   "GPUs; default: the export's)")
     p.add_argument("--max_images", type=int, default=0, help="first N images per set (0 = all)")
     return p
 
@@ -323,7 +349,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluates and writes the reports; returns {'results', 'table', 'unavailable', 'files'}."""
     is_bicubic = args.model == "bicubic"
     if not is_bicubic and not args.checkpoint:
-        raise SystemExit("evaluate: give --checkpoint=EXPORT_DIR or --model=bicubic")
+        raise UserError("give --checkpoint=EXPORT_DIR or --model=bicubic")
+    if args.max_images < 0:
+        raise UserError(f"--max_images={args.max_images} must be >= 0 (0 = all images)")
+    if args.scale <= 0:
+        raise UserError(f"--scale={args.scale} must be positive")
+    if args.output_dir:  # before any scoring, which can take hours on the paper model
+        check_output_dir(args.output_dir, "--output_dir")
     alphas = parse_alphas(args.alphas)
     suite = MetricSuite([m.strip() for m in args.metrics.split(",") if m.strip()], args.scale,
                         args.lpips_dir, args.niqe_params, args.nrqm_model)
@@ -337,7 +369,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         info = {"model": "lfcsr", "checkpoint": str(Path(args.checkpoint).absolute()),
                 "model_config": model_cfg}
         if int(model_cfg.get("scale", args.scale)) != args.scale:
-            raise SystemExit(f"evaluate: the export is x{model_cfg['scale']}, --scale={args.scale}")
+            raise UserError(f"the export is x{model_cfg['scale']}, --scale={args.scale}")
     info.update({"alphas": alphas, "metrics": suite.names, "scale": args.scale})
     results, missing = {}, []
     save_root = Path(args.output_dir) / "images" if args.save_images and args.output_dir else None
@@ -347,7 +379,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         try:
             images = load_dataset(args.data_dir, name, args.scale)
-        except FileNotFoundError as e:
+        except DatasetAbsent as e:
             print(f"[evaluate] skipping {name}: {e}", file=sys.stderr)
             missing.append(name)
             continue
@@ -357,9 +389,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                         save_root / name if save_root else None,
                                         diag_root / name if diag_root else None)
     if not results:
-        raise SystemExit(f"evaluate: none of the datasets {args.datasets} found under {args.data_dir}")
+        raise UserError(f"none of the datasets {args.datasets} found under {args.data_dir}")
     info.update({"missing_datasets": missing, "seconds": round(time.time() - start, 1)})
     table = format_table(results, suite.names)
+    if missing:
+        table += f"\n\nskipped (not found under {args.data_dir}): {', '.join(missing)}"
     print(table)
     files = []
     if args.output_dir:
@@ -368,6 +402,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "missing_datasets": missing}
 
 
+@reports_user_errors("evaluate")
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return run(build_parser().parse_args(argv))
 

@@ -15,11 +15,13 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lfcsr_jax.cli_errors import UserError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError):
     """A file that cannot be used as an image; the message names the file and the reason."""
 
 

@@ -123,8 +123,10 @@ class TrainLoop:
         where = ""
         if self.checkpoints is not None:
             self.checkpoints.wait_until_finished()
-            where = (f" The last good checkpoint (step {self.checkpoints.latest_step()}) in "
-                     f"{self.checkpoints.directory} is intact.")
+            latest = self.checkpoints.latest_step()
+            where = (f" The last good checkpoint (step {latest}) in {self.checkpoints.directory} "
+                     "is intact." if latest is not None else
+                     f" No checkpoint had been saved yet in {self.checkpoints.directory}.")
         print(f"Non-finite loss or input at step {step + 1}: the update was not applied and "
               f"training stopped.{where}", flush=True)
         return NON_FINITE_EXIT

@@ -1,17 +1,23 @@
 """Entry point: `python -m lfcsr_jax.main --config=configs/x4.py --workdir=DIR`.
 
 Thin on purpose (flax examples/imagenet/main.py): flags, keep TensorFlow off the accelerator,
-optional multi-host start-up, then one call into `train.train_and_evaluate`.
+optional multi-host start-up, then one call into `train.train_and_evaluate`. User errors (an
+unknown `--config.x.y` override, a bad value, a --workdir that is a file) end with one
+`main: error: ...` line on stderr and exit status 2 (lfcsr_jax/cli_errors.py), before any compute.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import logging as logging_std
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from lfcsr_jax import cli_errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, samples and the export.")
@@ -29,6 +35,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if "://" not in FLAGS.workdir:  # local paths only; gs:// and the like are checked by writing
+        cli_errors.check_output_dir(FLAGS.workdir, "--workdir")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from lfcsr_jax import runtime
 
@@ -69,16 +77,52 @@ def _quiet_orbax_info() -> None:
     logging.get_absl_handler().addFilter(_DropOrbaxInfo())
 
 
+def _flat_fields(tree: dict, prefix: str = "") -> list[str]:
+    fields = []
+    for key, value in tree.items():
+        fields.append(prefix + key)
+        if isinstance(value, dict):
+            fields += _flat_fields(value, f"{prefix}{key}.")
+    return fields
+
+
+def check_config_overrides(argv: list[str]) -> None:
+    """Names an unknown `--config.<field>` override (with close matches) before absl parses it.
+
+    absl/ml_collections report it as three chained tracebacks ending in AttributeError: "'foo'".
+    If the config file itself cannot be loaded here, absl's own parsing reports that.
+    """
+    spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+    overrides = [a[len("--config."):].split("=", 1)[0] for a in argv[1:]
+                 if a.startswith("--config.")]
+    if spec is None or not overrides:
+        return
+    path, _, variant = spec.partition(":")
+    try:
+        module_spec = importlib.util.spec_from_file_location("_lfcsr_main_config", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        fields = _flat_fields(module.get_config(*([variant] if variant else [])).to_dict())
+    except Exception:  # noqa: BLE001 (absl reports a config file that does not load)
+        return
+    for field in overrides:
+        if field not in fields:
+            leaves = [f for f in fields if "." in f]  # "train" is no useful match for "train.x"
+            close = difflib.get_close_matches(field, leaves, n=4, cutoff=0.6)
+            group = field.rpartition(".")[0]
+            siblings = [f for f in fields if f.rpartition(".")[0] == group]
+            hint = (f"close matches: {', '.join(close)}" if close else
+                    f"fields of {group or 'the config'}: {', '.join(siblings)}")
+            raise cli_errors.UserError(f"unknown config field {field} in --config.{field} "
+                                       f"({hint})")
+
+
 def run() -> None:
     try:
+        check_config_overrides(sys.argv)
         app.run(main)
-    except Exception as error:  # a clean one-line message for configuration/input errors
-        from lfcsr_jax.train import UserError
-
-        if isinstance(error, UserError):
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
-        raise
+    except cli_errors.UserError as error:  # train.UserError, CheckpointError, ...
+        cli_errors.exit_with("main", error)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,11 @@ def _load_torch(where: str) -> Mapping[str, Any]:
     try:
         return torch.load(where, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types (pickle, zip, RuntimeError)
-        raise ValueError(f"{where}: cannot be read as a PyTorch state_dict ({error})") from error
+        # Only the first line of torch's text: the rest advises weights_only=False, which is
+        # wrong for a file of unknown origin.
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise ValueError(f"{where}: not a PyTorch state_dict that can be read safely "
+                         f"({first or type(error).__name__})") from error
 
 
 def _load_npz(where: str) -> dict[str, np.ndarray]:

@@ -1,7 +1,8 @@
 """Super-resolve image files with an LFc-SR export.
 
   python -m lfcsr_jax.super_resolve --checkpoint=EXPORT_DIR INPUT... --output=OUT_DIR \
-      [--alpha=0] [--tile=0] [--tile_overlap=32] [--dtype=float32|bfloat16] [--format=png|npy]
+      [--alpha=0] [--tile=0] [--tile_overlap=32] [--dtype=float32|bfloat16|float16]
+      [--format=png|npy] [--fail_fast]
 
 INPUT: image files and/or folders of images (not recursive). Grayscale, gray+alpha, palette, RGBA
 (alpha dropped) and 16-bit images are read as RGB uint8 (image_io.py); outputs are always RGB.
@@ -9,7 +10,13 @@ INPUT: image files and/or folders of images (not recursive). Grayscale, gray+alp
 1 = the objective output Y', in between alpha Y' + (1 - alpha) Y.
 --format png: clamped to [0, 255] and rounded; npy: float32 on the 0-255 scale, unquantised.
 --output: a folder (files are named <stem>_x4.<format>), or a file path ending in .png/.npy when
-there is exactly one input image. Refuses to write over any input.
+there is exactly one input image. Refuses to write over any input (compared by file identity, so
+a hard link to an input counts as that input). Every output is written to a temporary file in its
+folder and renamed into place, so an interrupted or failed write never leaves a truncated file
+under the final name. The output location is checked before the model is loaded.
+A file that cannot be read or written is reported on stderr and the others are still processed;
+the command then ends with `written N, failed M: ...` and exit status 2 (--fail_fast: stop at the
+first bad file instead).
 
 Tiling (--tile=T > 0, in LR pixels): the LR image is cut into T x T tiles whose neighbours overlap
 by --tile_overlap = O pixels; every tile's output gets a weight that is 0 in the outer O/4 of each
@@ -35,16 +42,24 @@ import argparse
 import dataclasses
 import functools
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from lfcsr_jax.cli_errors import UserError, check_output_dir, reports_user_errors
+
 OUTPUT_FORMATS = ("png", "npy")
+DTYPES = ("float32", "bfloat16", "float16")  # generator.compute_dtype accepts these three
+# Suffixes that show --output was meant as one file (of a format we do not write).
+_FILE_LIKE_SUFFIXES = (".png", ".npy", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm",
+                       ".gif")
 
 
-class SuperResolveError(ValueError):
+class SuperResolveError(UserError):
     """A bad input, checkpoint or output choice; the message names the file."""
 
 
@@ -106,15 +121,49 @@ def load_model(checkpoint: str | Path, dtype: str = "") -> LoadedModel:
     if not str(checkpoint) or not path.exists():
         raise SuperResolveError(f"checkpoint {str(checkpoint)!r} does not exist (pass an export "
                                 "directory written by save_export / the training program)")
+    if not path.is_dir():
+        raise SuperResolveError(f"checkpoint {path} is a file; pass an export directory (the "
+                                "folder holding config.json and params/)")
+    if (path / "export" / "config.json").is_file() or (path / "checkpoints").is_dir():
+        raise SuperResolveError(f"checkpoint {path} is a training workdir, not an export; pass "
+                                f"--checkpoint={path / 'export'}")
+    if dtype and dtype not in DTYPES:
+        raise SuperResolveError(f"--dtype={dtype!r}: choose one of {', '.join(DTYPES)}")
     try:
         model_cfg, params = checkpointing.load_export(path)
     except checkpointing.CheckpointError as e:
         raise SuperResolveError(f"checkpoint {path}: {e}") from e
+    check_params_match_config(path, model_cfg, params)
     model_cfg = dict(model_cfg)
     if dtype:
         model_cfg["dtype"] = dtype
     fns = _jitted_forwards(json.dumps(model_cfg, sort_keys=True))
     return LoadedModel(model_cfg, jax.device_put(params), *fns)
+
+
+def check_params_match_config(path: Path, model_cfg: dict[str, Any], params: Any) -> None:
+    """An export whose config.json no longer describes its params/ is named, not a flax error."""
+    import jax  # pylint: disable=import-outside-toplevel
+
+    from lfcsr_jax.models import generator  # pylint: disable=import-outside-toplevel
+
+    try:
+        model = generator.build_lfcsr(model_cfg)
+        expected = jax.eval_shape(lambda k: generator.init_params(model, k, (1, 8, 8, 3)),
+                                  jax.random.PRNGKey(0))
+    except (KeyError, TypeError, ValueError) as e:
+        raise SuperResolveError(f"checkpoint {path}: {path / 'config.json'} has an unusable "
+                                f"model config ({e}); re-export the model") from e
+    want = {jax.tree_util.keystr(k): tuple(v.shape)
+            for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+    have = {jax.tree_util.keystr(k): tuple(np.shape(v))
+            for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    if want != have:
+        differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+        shown = ", ".join(f"{k} (config {want.get(k)}, params {have.get(k)})" for k in differ[:3])
+        raise SuperResolveError(
+            f"checkpoint {path}: config.json does not match params/ ({len(differ)} parameters "
+            f"differ, e.g. {shown}); the export was edited or mixed up: re-export the model")
 
 
 @functools.lru_cache(maxsize=8)
@@ -232,7 +281,10 @@ def collect_inputs(inputs: Sequence[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files.extend(image_io.list_images(path))
+            try:
+                files.extend(image_io.list_images(path))
+            except FileNotFoundError as e:
+                raise SuperResolveError(f"input {item}: {e}") from e
         elif path.is_file():
             files.append(path)
         else:
@@ -242,27 +294,57 @@ def collect_inputs(inputs: Sequence[str]) -> list[Path]:
     return files
 
 
-def plan_outputs(files: Sequence[Path], output: str, fmt: str, scale: int) -> list[Path]:
-    """Output path per input; errors for name clashes and for outputs that are inputs."""
+def _is_single_file(output: str) -> bool:
+    return Path(output).suffix.lower() in _FILE_LIKE_SUFFIXES and not Path(output).is_dir()
+
+
+def check_output(output: str, fmt: str, num_inputs: int) -> None:
+    """Checks the --output location (cheap, creates nothing) before the model is loaded."""
     if fmt not in OUTPUT_FORMATS:
         raise SuperResolveError(f"--format={fmt}: choose one of {OUTPUT_FORMATS}")
-    out = Path(output)
     if not output:
         raise SuperResolveError("--output is required (a folder, or a .png/.npy file for one input)")
-    if out.suffix.lower() in (".png", ".npy"):
-        if len(files) != 1:
-            raise SuperResolveError(f"--output={out} is a single file but {len(files)} inputs were given")
+    out = Path(output)
+    if _is_single_file(output):
+        if out.suffix.lower() not in (".png", ".npy"):
+            raise SuperResolveError(f"--output={out}: {out.suffix} files are not written; name a "
+                                    "folder, or a .png / .npy file (with --format=npy)")
+        if num_inputs != 1:
+            raise SuperResolveError(f"--output={out} is a single file but {num_inputs} inputs "
+                                    "were given")
         if out.suffix.lower() != f".{fmt}":
             raise SuperResolveError(f"--output={out} does not end with .{fmt} (--format={fmt})")
+        check_output_dir(out.parent if str(out.parent) else ".", "--output's folder")
+    else:
+        check_output_dir(out, "--output")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return a.resolve() == b.resolve()
+
+
+def plan_outputs(files: Sequence[Path], output: str, fmt: str, scale: int) -> list[Path]:
+    """Output path per input; errors for name clashes and for outputs that are inputs.
+
+    "Is an input" compares file identity (device and inode), so neither a symlink nor a hard
+    link to an input can make the program write over it.
+    """
+    check_output(output, fmt, len(files))
+    out = Path(output)
+    if _is_single_file(output):
         targets = [out]
     else:
-        if out.exists() and not out.is_dir():
-            raise SuperResolveError(f"--output={out} exists and is not a folder")
         targets = [out / f"{f.stem}_x{scale}.{fmt}" for f in files]
-    resolved_inputs = {f.resolve() for f in files}
     seen: set[Path] = set()
     for source, target in zip(files, targets):
-        if target.resolve() in resolved_inputs:
+        if target.exists():
+            clash = next((f for f in files if _same_file(target, f)), None)
+            if clash is not None:
+                raise SuperResolveError(f"output {target} would overwrite the input {clash}")
+        elif target.resolve() in {f.resolve() for f in files}:
             raise SuperResolveError(f"output {target} would overwrite the input {target}")
         if target.resolve() in seen:
             raise SuperResolveError(f"two inputs would both be written to {target} (input {source})")
@@ -270,14 +352,43 @@ def plan_outputs(files: Sequence[Path], output: str, fmt: str, scale: int) -> li
     return targets
 
 
-def write_output(path: Path, sr_hxwx3: np.ndarray, fmt: str) -> None:
-    from lfcsr_jax import image_io, metrics  # pylint: disable=import-outside-toplevel
+def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """`write(binary file)` into a temporary file beside `path`, then renamed onto `path`.
 
+    The rename is atomic, so `path` holds either its old content or the complete new one, even
+    if the process is killed or the disk fills up; the temporary file is removed on failure.
+    An existing `path` is replaced as a new file (a hard link to it keeps the old content).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; a normal file respects umask
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except OSError:
+            pass
+        raise
+
+
+def write_output(path: Path, sr_hxwx3: np.ndarray, fmt: str) -> None:
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    from lfcsr_jax import metrics  # pylint: disable=import-outside-toplevel
+
     if fmt == "npy":
-        np.save(path, np.asarray(sr_hxwx3, dtype=np.float32))
+        data = np.asarray(sr_hxwx3, dtype=np.float32)
+        atomic_write(path, lambda handle: np.save(handle, data))
     else:
-        image_io.write_png(path, metrics.quantize(sr_hxwx3))
+        image = Image.fromarray(np.asarray(metrics.quantize(sr_hxwx3), dtype=np.uint8))
+        atomic_write(path, lambda handle: image.save(handle, format="PNG"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,8 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile_overlap", type=int, default=32, help="LR pixels shared by neighbours")
     p.add_argument("--tile_mode", default="both", choices=TILE_MODES,
                    help="both: tile both stages (approximate); perceptual: tile only G_P (exact)")
-    p.add_argument("--dtype", default="", help="compute dtype override: float32 | bfloat16")
+    p.add_argument("--dtype", default="", choices=("",) + DTYPES,
+                   help="compute dtype override: " + " | ".join(DTYPES) + " (default: the export's)")
     p.add_argument("--format", default="png", choices=OUTPUT_FORMATS)
+    p.add_argument("--fail_fast", action="store_true",
+                   help="stop at the first unreadable or unwritable file (default: report it, "
+                   "go on with the others, and exit 2 at the end)")
     return p
 
 
@@ -307,28 +422,42 @@ def run(args: argparse.Namespace) -> list[Path]:
         raise SuperResolveError(f"need --tile >= 0 and 0 <= --tile_overlap < --tile, got "
                                 f"{args.tile}, {args.tile_overlap}")
     files = collect_inputs(args.inputs)
+    check_output(args.output, args.format, len(files))  # before the model is loaded
     model = load_model(args.checkpoint, args.dtype)
     targets = plan_outputs(files, args.output, args.format, model.scale)
     radius = perceptual_receptive_radius(model.config)
     if args.tile and args.tile_mode == "perceptual" and args.tile_overlap < 4 * radius:
         print(f"[super_resolve] note: --tile_overlap={args.tile_overlap} < 4 x G_P's receptive "
               f"radius ({radius} LR px): tiles are not exact", file=sys.stderr)
+    written: list[Path] = []
+    failed: list[str] = []
     for source, target in tqdm(list(zip(files, targets)), unit="img", file=sys.stderr):
         try:
             lr = image_io.read_image(source)
         except image_io.ImageReadError as e:
-            raise SuperResolveError(str(e)) from e
-        sr = super_resolve_array(model, lr, args.alpha, args.tile, args.tile_overlap, args.tile_mode)
-        write_output(target, sr, args.format)
-    return targets
+            problem = str(e)
+        else:
+            sr = super_resolve_array(model, lr, args.alpha, args.tile, args.tile_overlap,
+                                     args.tile_mode)
+            try:
+                write_output(target, sr, args.format)
+                written.append(target)
+                continue
+            except OSError as e:
+                problem = f"{target}: cannot write ({e.strerror or e})"
+        if args.fail_fast:
+            raise SuperResolveError(problem)
+        print(f"super_resolve: failed: {problem}", file=sys.stderr, flush=True)
+        failed.append(str(source))
+    if failed:
+        raise SuperResolveError(f"written {len(written)}, failed {len(failed)}: "
+                                + ", ".join(failed))
+    return written
 
 
+@reports_user_errors("super_resolve")
 def main(argv: Sequence[str] | None = None) -> list[Path]:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except SuperResolveError as e:
-        raise SystemExit(f"super_resolve: {e}") from None
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
+import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -24,10 +26,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from lfcsr_jax import (checkpointing, configuration, loop, schedules, steps, train_logging,
                        train_state, validation)
-
-
-class UserError(ValueError):
-    """A configuration or input problem, reported as one clear line before any compute."""
+# A configuration or input problem, reported as one clear line before any compute (main.py).
+from lfcsr_jax.cli_errors import UserError
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -59,7 +59,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                         f"{configuration.PHASES}")
     batch = train.global_batch_size
     devices, processes = jax.device_count(), jax.process_count()
-    if batch <= 0 or batch % devices or batch % processes:
+    if batch <= 0:
+        problems.append(f"train.global_batch_size={batch} must be positive")
+    elif batch % devices or batch % processes:
         problems.append(f"train.global_batch_size={batch} must be divisible by the device count "
                         f"({devices}) and the process count ({processes})")
     problems += _check_input_paths(inp)
@@ -68,6 +70,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                         ("train.lpips_dir", train.lpips_dir)):
         if path and not Path(path).exists():
             problems.append(f"{field}={path!r}: no such file or directory")
+    problems += _check_weight_paths(config)
     if train.lpips_dir and Path(train.lpips_dir).is_dir():
         from lfcsr_jax import lpips
 
@@ -79,8 +82,61 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                   "image_every_steps", "keep_checkpoints"):
         if train[field] <= 0:
             problems.append(f"train.{field}={train[field]} must be positive")
+    if not problems:
+        problems += _check_training_images(inp)  # reads files: only once the rest is sound
     if problems:
-        raise UserError("invalid configuration:\n  " + "\n  ".join(problems))
+        raise UserError("invalid configuration: " + "; ".join(problems))
+
+
+def _check_weight_paths(config: ml_collections.ConfigDict) -> list[str]:
+    """vgg_weights must be a convert-vgg19 .npz; init_checkpoint an export, not a workdir."""
+    problems = []
+    vgg, init = Path(config.loss.vgg_weights or ""), Path(config.train.init_checkpoint or "")
+    if config.loss.vgg_weights and vgg.exists() and (vgg.is_dir() or vgg.suffix != ".npz"):
+        problems.append(f"loss.vgg_weights={str(vgg)!r}: expected the .npz written by "
+                        "`python -m lfcsr_jax.convert vgg19 --input ... --output vgg19.npz`")
+    if config.train.init_checkpoint and init.exists():
+        if (init / "export" / "config.json").is_file() or (init / "checkpoints").is_dir():
+            problems.append(f"train.init_checkpoint={str(init)!r} is a training workdir; pass "
+                            f"its export, {str(init / 'export')!r}")
+        elif not (init / "config.json").is_file():
+            problems.append(f"train.init_checkpoint={str(init)!r}: not an export directory (no "
+                            "config.json; see checkpointing.save_export / convert pdasr)")
+    return problems
+
+
+def _check_training_images(inp: ml_collections.ConfigDict) -> list[str]:
+    """Names a truncated or unreadable image file in the folders before the ~30 s of set-up.
+
+    PIL's verify() reads every chunk and checks the PNG CRCs without decoding pixels, so a
+    truncated file is found at a fraction of the cost of the decode that follows.
+    """
+    folders = [inp[f] for f in ("hr_dir", "lr_dir", "val_hr_dir", "val_lr_dir")
+               if inp.source in ("folder", "paired") and inp[f] and Path(inp[f]).is_dir()]
+    return [problem for folder in folders for problem in _unreadable_images(str(folder))]
+
+
+@functools.lru_cache(maxsize=16)  # validate_config runs twice per start (main, then train)
+def _unreadable_images(folder: str) -> tuple[str, ...]:
+    from PIL import Image
+
+    from lfcsr_jax import image_io
+
+    problems = []
+    for folder in [folder]:
+        try:
+            files = image_io.list_images(folder)
+        except FileNotFoundError as e:
+            problems.append(str(e))
+            continue
+        for path in files:
+            try:
+                with Image.open(path) as img:
+                    img.verify()
+            except Exception as e:  # noqa: BLE001 (PIL raises many types for broken files)
+                problems.append(f"{path}: unreadable or truncated image ({type(e).__name__}: "
+                                f"{e}); fix or remove it")
+    return tuple(problems)
 
 
 def _check_vgg_input(loss: ml_collections.ConfigDict) -> list[str]:
@@ -168,19 +224,80 @@ def make_mesh() -> jax.sharding.Mesh:
 
 
 class StopRequest:
-    """Set by SIGTERM/SIGINT (a TPU VM preemption or Ctrl-C); checked between steps."""
+    """Set by SIGTERM/SIGINT (a TPU VM preemption or Ctrl-C); checked between steps.
+
+    A signal that arrives while a train step compiles (tens of seconds at the start and at the
+    phase switch, during which Python signal handlers cannot run) ends the process at once
+    through a watcher thread woken by `signal.set_wakeup_fd`: compiling first and then saving
+    would overrun a preemption notice, and the last checkpoint still stands (any save in flight
+    is awaited before each compile, see `guard_compiles`).
+    """
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
         self._previous: dict[int, Any] = {}
+        self._compiling = False
+        self._wakeup: tuple[int, int] | None = None
+        self._previous_wakeup = -1
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        self._previous_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        self._wakeup = (read_fd, write_fd)
+        threading.Thread(target=self._watch, args=(read_fd,), daemon=True,
+                         name="stop-during-compile").start()
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(self._previous_wakeup)
+            os.close(self._wakeup[1])  # the watcher reads EOF and ends
+            self._wakeup = None
+
+    def _watch(self, read_fd: int) -> None:
+        try:
+            while True:
+                received = os.read(read_fd, 1)
+                if not received:
+                    return
+                if self._compiling and received[0] in (signal.SIGTERM, signal.SIGINT):
+                    name = signal.Signals(received[0]).name
+                    print(f"Stopped by {name} while a train step was compiling: exiting without "
+                          "a new checkpoint (the last one stands). Rerun the same command to "
+                          "resume.", flush=True)
+                    os._exit(0)
+        finally:
+            os.close(read_fd)
+
+    def guard_compiles(self, steps: dict[str, Callable],
+                       before_compile: Callable[[], None]) -> dict[str, Callable]:
+        """The steps, each marking its first call (trace + compile) as a compile window."""
+
+        def guarded(name: str, fn: Callable) -> Callable:
+            compiled = False
+
+            def call(*args):
+                nonlocal compiled
+                if compiled:
+                    return fn(*args)
+                before_compile()  # no save in flight while an exit is possible
+                logging.info("Compiling the %s step (a stop signal now exits at once, keeping "
+                             "the last checkpoint)", name)
+                self._compiling = True
+                try:
+                    out = fn(*args)
+                finally:
+                    self._compiling = False
+                compiled = True
+                return out
+
+            return call
+
+        return {name: guarded(name, fn) for name, fn in steps.items()}
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002 (signal API)
         self.signal_name = signal.Signals(signum).name
@@ -299,6 +416,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
         state, record = restored
         start_step = int(record["step"])
         logging.info("Resuming from %s at step %d", checkpoints.directory, start_step)
+        # Rows logged after this checkpoint by the interrupted run are logged again below.
+        train_logging.truncate_metrics(workdir_path, start_step)
     else:
         # The classic threefry compiles the scanned blocks' init several times faster on CPU
         # (the initial values are still a pure function of config.seed).
@@ -308,15 +427,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
                             out_shardings=shardings)(init_rng)
         state = maybe_load_init_checkpoint(config, state)
         start_step = 0
+        train_logging.truncate_metrics(workdir_path, 0)  # rows of a run killed before step 1
 
     lengths = phase_lengths(config)
     writer = train_logging.MetricsWriter(workdir_path, config, sum(lengths.values()))
     validator = validation.Validator(config, networks)
     train_cfg = config.train
+    stop = StopRequest()
+    # A stop signal during a compile exits at once; no checkpoint save may then be in flight.
+    train_steps = stop.guard_compiles(
+        steps.make_train_steps(networks, shardings, mesh),
+        lambda: (checkpoints.wait_until_finished(), writer.writer.flush()))
     trainer = loop.TrainLoop(
-        steps=steps.make_train_steps(networks, shardings, mesh),
-        lengths=lengths, vgg_params=vgg_params, batch_sharding=batch_sharding,
-        stream=train_stream(config, start_step), writer=writer, stop=StopRequest(),
+        steps=train_steps, lengths=lengths, vgg_params=vgg_params, batch_sharding=batch_sharding,
+        stream=train_stream(config, start_step), writer=writer, stop=stop,
         checkpoints=checkpoints,
         hooks=[loop.SampleImages(train_cfg.image_every_steps, validator, writer),
                loop.Validate(train_cfg.eval_every_steps, validator, writer),
