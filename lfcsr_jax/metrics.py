@@ -173,6 +173,10 @@ def ssim_y(sr_u8: np.ndarray, hr_u8: np.ndarray, crop: int = 4, gray: bool = Fal
 # ----------------------------------------------------------------------------- NIQE
 
 
+# The LIVE pristine model shipped with the package (provenance: lfcsr_jax/data/README.md).
+DEFAULT_NIQE_PARAMS = Path(__file__).resolve().parent / "data" / "niqe_pris_params.npz"
+
+
 def load_niqe_params(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Pristine model (mu (36,), cov (36, 36)) from BasicSR's niqe_pris_params.npz or the LIVE
     release's modelparameters.mat."""
