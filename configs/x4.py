@@ -4,7 +4,7 @@ Launch (paper setting, DIV2K through TFDS):
   python -m lfcsr_jax.main --config=configs/x4.py --workdir=/tmp/lfcsr_x4
 Variants: `--config=configs/x4.py:demo` (offline, minutes on a CPU), `--config=configs/x4.py:tiny`
 (seconds, for tests). Override any field: `--config.admm.rho=1e-3`.
-Every number below is from ../shared/design/REFERENCE.md unless its comment says otherwise.
+Every number below is from ../shared/design/docs/design.md unless its comment says otherwise.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _loss_config() -> ml_collections.ConfigDict:
     loss.gan_weight = 0.001  # weight of the non-saturating generator loss.
     # How the 0-255 image reaches VGG19, whose weights file names its own input convention
     # ('torchvision': [0, 1] then ImageNet mean/std; 'caffe' (Keras): 0-255 minus the Caffe mean).
-    # 'as_weights': exactly what that convention requires (our default, REFERENCE.md 9.3);
+    # 'as_weights': exactly what that convention requires (our default, docs/design.md 9.3);
     # 'reference': 0-255 values into the 0-1 ImageNet statistics, as the authors' code did
     # (torchvision-convention weights only).
     loss.vgg_input_scaling = "as_weights"
@@ -85,7 +85,7 @@ def _optim_config() -> ml_collections.ConfigDict:
     optim.pretrain_decay_factor = 0.1
     optim.generator_lr = 5e-5  # both generators in PD-ADMM.
     optim.generator_milestones_epochs = (20, 50, 70, 100, 140)  # lr x factor at each.
-    optim.generator_decay_factor = 0.5  # the code's factor (REFERENCE.md section 6).
+    optim.generator_decay_factor = 0.5  # the code's factor (docs/design.md section 6).
     optim.disc_lr = 5e-5  # discriminator, constant.
     return optim
 

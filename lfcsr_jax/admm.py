@@ -1,6 +1,6 @@
 """PD-ADMM training of the two-stage generator: one state dataclass and pure step functions.
 
-One ADMM iteration (REFERENCE.md section 6, paper Eqs. 12-13), all inside one jitted function:
+One ADMM iteration (docs/design.md section 6, paper Eqs. 12-13), all inside one jitted function:
   1. discriminator step on Y = G_P(G_O(X)) (detached) and the HR batch;
   2. stage-two step (13a): L_P(Y) + rho/2 mean((T(Y) - T(Y') + s)^2), Y' constant;
   3. stage-one step (13b): fresh G_P forward with the new stage-two params, then
@@ -219,7 +219,7 @@ def _regularizer_generator_updates(state, fwd, hr, d_params, d_stats, vgg_params
         "loss/stage_one_total": loss_one,
         "loss/stage_two_total": loss_two,
         "loss/joint_total": total,
-        "admm/regulariser": regulariser,
+        "admm/regularizer": regulariser,
     }
     new = _generator_fields(objective_params, objective_opt, perceptual_params, perceptual_opt)
     return new, d_stats, metrics

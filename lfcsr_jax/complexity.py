@@ -20,7 +20,7 @@ Prints one JSON object:
   inference             measured wall time of x4 inference (both stages) of a random LR image of
                         latency_size^2 on this machine's default JAX device (median of `repeats`
                         runs after one compile run), with the achieved FLOP/s from the hand count.
-REFERENCE.md section 10: G_O ~16.41 M MAC, G_P ~10.37 M MAC per LR pixel; D 1.46 GMAC per 144 patch.
+docs/design.md section 10: G_O ~16.41 M MAC, G_P ~10.37 M MAC per LR pixel; D 1.46 GMAC per 144 patch.
 """
 
 from __future__ import annotations

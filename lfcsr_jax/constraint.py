@@ -1,4 +1,4 @@
-"""T, the transform of the PD-ADMM equality constraint T(Y) = T(Y') (REFERENCE.md section 6)."""
+"""T, the transform of the PD-ADMM equality constraint T(Y) = T(Y') (docs/design.md section 6)."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ DEFAULT_DATASETS = "Set5,Set14,BSD100,Urban100,Manga109"
 DEFAULT_ALPHAS = ",".join(f"{a / 10:g}" for a in range(11))
 METRIC_NAMES = ("psnr", "ssim", "lpips", "niqe", "nrqm", "pi")
 LOWER_IS_BETTER = {"lpips", "niqe", "pi"}
-# The paper's Table 1 (PSNR / SSIM / NRQM / LPIPS of LFc-SR), REFERENCE.md section 8, and the
+# The paper's Table 1 (PSNR / SSIM / NRQM / LPIPS of LFc-SR), docs/design.md section 8, and the
 # bicubic values every SR paper prints: `--reference_points=paper`.
 PAPER_REFERENCE_POINTS = [
     {"label": "LFc-SR (paper)", "dataset": "Set5", "psnr": 31.79, "ssim": 0.8910, "lpips": 0.0776},
@@ -75,12 +75,8 @@ class MetricSuite:
             except metrics.MetricUnavailable as e:
                 self.unavailable["lpips"] = str(e)
         if "niqe" in names:
-            try:
-                if not niqe_params:
-                    raise metrics.MetricUnavailable(
-                        "NIQE: no pristine model given (--niqe_params=niqe_pris_params.npz or "
-                        "modelparameters.mat of the LIVE NIQE release)")
-                self._niqe = metrics.load_niqe_params(niqe_params)
+            try:  # default: the LIVE pristine model shipped with the package (metrics.py)
+                self._niqe = metrics.load_niqe_params(niqe_params or metrics.DEFAULT_NIQE_PARAMS)
             except metrics.MetricUnavailable as e:
                 self.unavailable["niqe"] = str(e)
         for name in ("nrqm", "pi"):
@@ -184,9 +180,11 @@ def model_predictor(checkpoint: str | Path, dtype: str = "") -> tuple[Predictor,
 def evaluate_images(predict: Predictor, images: Sequence[dict[str, Any]], alphas: Sequence[float],
                     suite: MetricSuite, is_bicubic: bool, progress_label: str = "",
                     save_dir: Path | None = None,
-                    diagnostics_dir: Path | None = None) -> dict[str, Any]:
+                    diagnostics_dir: Path | None = None, extras: Any = None) -> dict[str, Any]:
     """Scores every row (bicubic, then each alpha) of one dataset: {'rows': {label: {metric:
-    mean}}, 'per_image': [{'name', label: {metric: value}}]}."""
+    mean}}, 'per_image': [{'name', label: {metric: value}}]}.
+
+    `extras` (analyses.Extras) adds rows (other methods, interpolations) and per-image values."""
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
     bicubic = bicubic_predictor(suite.scale)
@@ -195,8 +193,10 @@ def evaluate_images(predict: Predictor, images: Sequence[dict[str, Any]], alphas
     for item in tqdm(images, desc=progress_label, unit="img", leave=False, file=sys.stderr):
         record: dict[str, Any] = {"name": item["name"]}
         outputs = {"bicubic": bicubic(item["lr"])[0]}
+        stages = None
         if not is_bicubic:
             y_objective, y_perceptual = predict(item["lr"])
+            stages = (y_objective, y_perceptual)
             for alpha in alphas:
                 outputs[alpha_label(alpha)] = alpha * y_objective + (1.0 - alpha) * y_perceptual
             if diagnostics_dir is not None:
@@ -204,12 +204,17 @@ def evaluate_images(predict: Predictor, images: Sequence[dict[str, Any]], alphas
 
                 diagnostics.save_image_diagnostics(item["name"], y_objective, y_perceptual,
                                                    item["hr"], diagnostics_dir)
+        if extras is not None:
+            outputs.update(extras.extra_outputs(item, outputs, stages))
         for label, sr in outputs.items():
             sr_u8 = metrics.quantize(sr)
             record[label] = suite.score(sr_u8, item["hr"], gray=bool(item.get("hr_gray")))
             if save_dir is not None:
                 _save_png(save_dir / label.replace("=", "") / f"{item['name']}.png", sr_u8)
+        if extras is not None:
+            extras.after_image(item, record, outputs, stages)
         per_image.append(record)
+        labels = list(outputs)
     rows = {label: {m: float(np.mean([r[label][m] for r in per_image])) for m in suite.names}
             for label in labels}
     return {"rows": rows, "per_image": per_image, "count": len(per_image)}
@@ -329,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", default=DEFAULT_DATASETS)
     p.add_argument("--metrics", default="psnr,ssim,lpips,niqe")
     p.add_argument("--lpips_dir", default="", help="alexnet-owt-7be5be79.pth + v0.1/alex.npz")
-    p.add_argument("--niqe_params", default="", help="niqe_pris_params.npz or modelparameters.mat")
+    p.add_argument("--niqe_params", default="",
+                   help="niqe_pris_params.npz or modelparameters.mat (default: the shipped LIVE model)")
     p.add_argument("--nrqm_model", default="", help="Ma et al. model.mat (NRQM and PI)")
     p.add_argument("--alphas", default=DEFAULT_ALPHAS, help="blend weights of Y' (1) and Y (0)")
     p.add_argument("--output_dir", default="", help="where table.md/results.*/plots go ('' = none)")
@@ -342,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute dtype override: float32 | bfloat16 | float16 (e.g. bfloat16 on "
                    "GPUs; default: the export's)")
     p.add_argument("--max_images", type=int, default=0, help="first N images per set (0 = all)")
+    from lfcsr_jax import analyses  # pylint: disable=import-outside-toplevel
+
+    analyses.add_flags(p)  # --sr_dir, --interpolate, --lf_transform, --html, ...
     return p
 
 
@@ -371,6 +380,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if int(model_cfg.get("scale", args.scale)) != args.scale:
             raise UserError(f"the export is x{model_cfg['scale']}, --scale={args.scale}")
     info.update({"alphas": alphas, "metrics": suite.names, "scale": args.scale})
+    from lfcsr_jax import analyses  # pylint: disable=import-outside-toplevel
+
+    extras = analyses.Extras.from_args(args, is_bicubic)
     results, missing = {}, []
     save_root = Path(args.output_dir) / "images" if args.save_images and args.output_dir else None
     diag_root = (Path(args.output_dir) / "diagnostics"
@@ -385,19 +397,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             continue
         if args.max_images:
             images = images[: args.max_images]
+        extras.prepare(name, images)
         results[name] = evaluate_images(predict, images, alphas, suite, is_bicubic, name,
                                         save_root / name if save_root else None,
-                                        diag_root / name if diag_root else None)
+                                        diag_root / name if diag_root else None, extras)
+        extras.finish_dataset(name, results[name])
     if not results:
         raise UserError(f"none of the datasets {args.datasets} found under {args.data_dir}")
     info.update({"missing_datasets": missing, "seconds": round(time.time() - start, 1)})
-    table = format_table(results, suite.names)
+    table = format_table(results, suite.names) + extras.table_addendum(results)
     if missing:
         table += f"\n\nskipped (not found under {args.data_dir}): {', '.join(missing)}"
     print(table)
     files = []
     if args.output_dir:
         files = write_reports(Path(args.output_dir), results, suite, info, references)
+        files += extras.write(Path(args.output_dir), results, suite, info, references)
     return {"results": results, "table": table, "unavailable": suite.unavailable, "files": files,
             "missing_datasets": missing}
 

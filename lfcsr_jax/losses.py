@@ -1,4 +1,4 @@
-"""The losses of LFc-SR (REFERENCE.md section 5): all on the 0-255 image scale, means over elements.
+"""The losses of LFc-SR (docs/design.md section 5): all on the 0-255 image scale, means over elements.
 
 L_O = L1(Y', HR);  L_P = 0.1 L_CX(VGG(Y), VGG(HR)) + 1.0 L1(f_down(Y), f_down(HR)) + 0.001 L_Gen(Y);
 the ADMM penalty rho/2 * mean((T(Y) - T(Y') + s)^2). Every loss is computed in float32, whatever
@@ -57,7 +57,7 @@ def contextual_loss(
     bandwidth: float = 0.1,
     images_at_once: int = 4,
 ) -> jax.Array:
-    """Contextual loss of generated features x against target features y (REFERENCE.md 5).
+    """Contextual loss of generated features x against target features y (docs/design.md 5).
 
     Memory: one hw x hw similarity per image (1296^2 for a 144 patch, 6.7 MB in float32).
     `images_at_once` images are processed together (vmap) and the groups one after another
@@ -114,7 +114,7 @@ def generator_adversarial_loss(fake_logits_Bx1: jax.Array) -> jax.Array:
 
 
 def lf_penalty(t_y: jax.Array, t_y_obj: jax.Array, s: jax.Array, rho: float) -> jax.Array:
-    """ADMM augmented term rho/2 * mean((T(Y) - T(Y') + s)^2) (mean reduction, REFERENCE.md 6)."""
+    """ADMM augmented term rho/2 * mean((T(Y) - T(Y') + s)^2) (mean reduction, docs/design.md 6)."""
     residual = _f32(t_y) - _f32(t_y_obj) + _f32(s)
     return 0.5 * rho * jnp.mean(residual * residual)
 

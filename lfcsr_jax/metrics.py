@@ -1,4 +1,4 @@
-"""Image-quality metrics computed the way SR papers compute them (REFERENCE.md section 8).
+"""Image-quality metrics computed the way SR papers compute them (docs/design.md section 8).
 
 All full-reference metrics take uint8 images (SR already clamped to [0, 255] and rounded, see
 `quantize`) and compute in float64 numpy:
@@ -171,6 +171,10 @@ def ssim_y(sr_u8: np.ndarray, hr_u8: np.ndarray, crop: int = 4, gray: bool = Fal
 
 
 # ----------------------------------------------------------------------------- NIQE
+
+
+# The LIVE pristine model shipped with the package (provenance: lfcsr_jax/data/README.md).
+DEFAULT_NIQE_PARAMS = Path(__file__).resolve().parent / "data" / "niqe_pris_params.npz"
 
 
 def load_niqe_params(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

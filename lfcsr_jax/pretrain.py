@@ -1,4 +1,4 @@
-"""Joint L1 pre-training of both stages (REFERENCE.md section 7), one jittable step."""
+"""Joint L1 pre-training of both stages (docs/design.md section 7), one jittable step."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 The paper (and config.optim) speaks in epochs; the steps count optimizer updates *within their
 phase*: the pre-training schedule reads `TrainState.pretrain_count`, the PD-ADMM schedules read
 `TrainState.admm_count`, so ADMM starts at its initial learning rate whatever the pre-training
-length was (REFERENCE.md sections 6-7). One epoch = config.schedule.steps_per_epoch iterations.
+length was (docs/design.md sections 6-7). One epoch = config.schedule.steps_per_epoch iterations.
 """
 
 from __future__ import annotations
@@ -72,5 +72,5 @@ def generator_lr(config: ml_collections.ConfigDict) -> Schedule:
 
 
 def discriminator_lr(config: ml_collections.ConfigDict) -> Schedule:
-    """The discriminator's constant rate (REFERENCE.md 9.5)."""
+    """The discriminator's constant rate (docs/design.md 9.5)."""
     return _step_decay(config.optim.disc_lr, [], 1.0)

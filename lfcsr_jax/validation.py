@@ -43,6 +43,9 @@ class Validator:
         self.networks = networks
         self._forward = jax.jit(self._both_stages)
         self.lpips = _load_lpips(config.train.lpips_dir)
+        # NIQE beside PSNR/SSIM by default: the LIVE pristine model ships with the package.
+        self.niqe = metrics.load_niqe_params(metrics.DEFAULT_NIQE_PARAMS)
+        self._last_outputs: tuple[list[np.ndarray], list[np.ndarray]] | None = None
         self.bicubic = self._score_bicubic(imresize)
 
     def _both_stages(self, generator_params: dict[str, Any], lr_Bxhxwx3: jax.Array):
@@ -59,16 +62,20 @@ class Validator:
         return self._score("bicubic", upscaled)
 
     def _score(self, label: str, outputs: list[np.ndarray]) -> dict[str, float]:
-        psnrs, ssims, lpipss = [], [], []
+        psnrs, ssims, lpipss, niqes = [], [], [], []
         for image, output in zip(self.images, outputs):
             sr_u8 = metrics.quantize(output)
             psnrs.append(metrics.psnr_y(sr_u8, image["hr"], crop=self.scale))
             ssims.append(metrics.ssim_y(sr_u8, image["hr"], crop=self.scale))
+            if min(sr_u8.shape[:2]) - 2 * self.scale >= metrics.NIQE_BLOCK:
+                niqes.append(metrics.niqe(sr_u8, self.niqe, crop_border=self.scale))
             if self.lpips is not None:
                 lpipss.append(float(self.lpips(sr_u8, image["hr"])))
         scores = {f"psnr_{label}": float(np.mean(psnrs)), f"ssim_{label}": float(np.mean(ssims))}
         if lpipss:
             scores[f"lpips_{label}"] = float(np.mean(lpipss))
+        if niqes:
+            scores[f"niqe_{label}"] = float(np.mean(niqes))
         return scores
 
     def validate(self, state: Any, step: int, writer: Any) -> dict[str, float]:
@@ -79,6 +86,7 @@ class Validator:
             y_objective, y_perceptual = self._forward(params, lr)
             objective_out.append(np.asarray(y_objective[0]))
             perceptual_out.append(np.asarray(y_perceptual[0]))
+        self._last_outputs = (objective_out, perceptual_out)
         scores = {**self._score("objective", objective_out),
                   **self._score("perceptual", perceptual_out), **self.bicubic}
         writer.write_validation(step, scores)
@@ -106,15 +114,51 @@ class Validator:
         lines = [
             f"# Run summary (step {step})", "",
             f"Validation on {len(self.images)} images, Y-channel PSNR/SSIM, crop {self.scale}:", "",
-            "| output | PSNR (dB) | SSIM |", "|---|---|---|",
+            "| output | PSNR (dB) | SSIM | NIQE (lower is better) |", "|---|---|---|---|",
         ]
         for label in ("bicubic", "objective", "perceptual"):
             lines.append(f"| {label} | {scores.get(f'psnr_{label}', float('nan')):.2f} | "
-                         f"{scores.get(f'ssim_{label}', float('nan')):.4f} |")
+                         f"{scores.get(f'ssim_{label}', float('nan')):.4f} | "
+                         f"{scores.get(f'niqe_{label}', float('nan')):.2f} |")
         lines += ["", f"Generator export for evaluation: `{export_dir}`", ""]
+        report = self._write_report(workdir, scores)
+        if report is not None:
+            lines += [f"Visual report of the validation images (bicubic, Y', Y, HR, zoomed crops, "
+                      f"an alpha slider): [{report.relative_to(workdir)}]({report.relative_to(workdir)})",
+                      ""]
         text = "\n".join(lines)
         (workdir / "summary.md").write_text(text)
         print(text, flush=True)
+
+
+    def _write_report(self, workdir: Path, scores: dict[str, float]) -> Path | None:
+        """report/report.html of the last validated outputs (report.py); None if none."""
+        if self._last_outputs is None:
+            return None
+        from lfcsr_jax import report  # pylint: disable=import-outside-toplevel
+
+        out_dir = workdir / "report"
+        upscaled = [_bicubic_upscale(image["lr"], self.scale) for image in self.images]
+        entries = []
+        for i, (image, y_o, y_p) in enumerate(zip(self.images, *self._last_outputs)):
+            shown = {"bicubic": upscaled[i], "Y'": y_o, "Y": y_p}
+            entries.append(report.save_image_set(
+                out_dir, "validation", f"image_{i}", {k: metrics.quantize(v) for k, v in shown.items()},
+                image["hr"], None))
+        names = ("psnr", "ssim", "niqe", "lpips")
+        rows = {row: {m: scores[f"{m}_{key}"] for m in names if f"{m}_{key}" in scores}
+                for row, key in (("bicubic", "bicubic"), ("alpha=1", "objective"),
+                                 ("alpha=0", "perceptual"))}
+        used = [m for m in names if m in rows["alpha=1"]]
+        results = {"validation": {"rows": rows, "count": len(self.images)}}
+        return report.write_report(out_dir, results, used, {}, {"validation": entries},
+                                   {"model": "validation images of this run"}, {})
+
+
+def _bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
+    from lfcsr_jax import imresize  # pylint: disable=import-outside-toplevel
+
+    return imresize.imresize(lr, scale)
 
 
 def _load_lpips(lpips_dir: str):

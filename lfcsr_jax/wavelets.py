@@ -1,6 +1,6 @@
 """Orthonormal Haar wavelets on NHWC arrays, and the low-pass operators of the LF constraint.
 
-Band convention (REFERENCE.md section 1): for each 2x2 block with a = top-left,
+Band convention (docs/design.md section 1): for each 2x2 block with a = top-left,
 b = bottom-left, c = top-right, d = bottom-right,
   LL = (a+b+c+d)/2, HL = (-a-b+c+d)/2, LH = (-a+b-c+d)/2, HH = (a-b-c+d)/2,
 stacked band-major on channels: [LL(C), HL(C), LH(C), HH(C)].

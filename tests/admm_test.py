@@ -352,7 +352,7 @@ def test_regularizer_step_is_one_joint_gradient_step():
     new_state, metrics = _step(networks)(state, batch, vgg_params)
     _tree_allclose(train_state.generator_params(new_state), expected)
     assert _tree_equal(new_state.dual_s, state.dual_s)
-    assert float(metrics["admm/regulariser"]) > 0.0
+    assert float(metrics["admm/regularizer"]) > 0.0
 
 
 def test_s_shapes_of_the_variants():

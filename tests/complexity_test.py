@@ -1,5 +1,5 @@
-"""complexity: hand MAC counts against REFERENCE.md section 10 and hand-derived layer sums, the
-parameter counts of REFERENCE.md sections 2-4, and the JSON program on the tiny config."""
+"""complexity: hand MAC counts against docs/design.md section 10 and hand-derived layer sums, the
+parameter counts of docs/design.md sections 2-4, and the JSON program on the tiny config."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_hand_counts_match_reference_for_the_paper_model():
     hand = complexity.hand_count(cfg)
     assert hand["objective"]["total"] == pytest.approx(16.41e6, rel=1e-3)
     assert hand["perceptual"]["total"] == pytest.approx(10.37e6, rel=1e-3)
-    # 128x128 x4 inference: about 0.88 TFLOP (REFERENCE.md section 10).
+    # 128x128 x4 inference: about 0.88 TFLOP (docs/design.md section 10).
     assert 2 * hand["total"] * 128**2 == pytest.approx(0.88e12, rel=5e-3)
     # One RCAB pair of 3x3 64->64 convs, 200 of them + 10 group convs, by hand.
     assert hand["objective"]["layers"]["residual_groups"] == 210 * 9 * 64 * 64 + 200 * 9 * 64 * 64

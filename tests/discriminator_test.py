@@ -34,7 +34,7 @@ def test_parameter_count_full_size():
     variables = jax.eval_shape(
         lambda: Discriminator(patch_size=144).init(
             jax.random.key(0), jnp.zeros((1, 144, 144, 3)), train=False))
-    assert _count(variables["params"]) == 86_083_009  # REFERENCE.md section 4
+    assert _count(variables["params"]) == 86_083_009  # docs/design.md section 4
     assert _count(variables["batch_stats"]) == 2 * (64 + 64 + 128 + 128 + 256 + 256)
     assert variables["params"]["dense0"]["kernel"].shape == (256 * 18 * 18, 1024)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(variables))

@@ -80,8 +80,8 @@ def test_full_size_trainable_parameter_counts():
     model = build_lfcsr(x4.get_config().model)
     shapes = jax.eval_shape(lambda k: init_params(model, k, (1, 8, 8, 3)), jax.random.key(0))
     assert set(shapes) == {"objective", "perceptual"}
-    assert count_params(shapes["objective"]) == 16_071_745  # REFERENCE.md section 2
-    assert count_params(shapes["perceptual"]) == 2_601_420  # REFERENCE.md section 3
+    assert count_params(shapes["objective"]) == 16_071_745  # docs/design.md section 2
+    assert count_params(shapes["perceptual"]) == 2_601_420  # docs/design.md section 3
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(shapes))
 
 

@@ -13,7 +13,7 @@ from lfcsr_jax import losses
 
 
 def _contextual_loss_float64(x_BxhxwxC: np.ndarray, y_BxhxwxC: np.ndarray, h: float = 0.1) -> float:
-    """REFERENCE.md section 5, written out in float64 numpy."""
+    """docs/design.md section 5, written out in float64 numpy."""
     x = np.asarray(x_BxhxwxC, np.float64)
     y = np.asarray(y_BxhxwxC, np.float64)
     batch, channels = x.shape[0], x.shape[-1]

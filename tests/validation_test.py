@@ -73,6 +73,12 @@ def test_validation_scores_both_stages_like_the_metrics_module(tiny_state, tmp_p
         {"params": params["objective"]}, im["lr"][None].astype(np.float32))[0])), im["hr"], crop=4)
         for im in validator.images[1:]]
     assert scores["psnr_objective"] == pytest.approx(np.mean([first, *others]), abs=1e-9)
+    # NIQE (the shipped LIVE model) beside PSNR/SSIM, and the summary links the HTML report.
+    assert all(np.isfinite(scores[f"niqe_{stage}"]) for stage in ("objective", "perceptual", "bicubic"))
+    validator.write_summary(tmp_path, 7, scores, tmp_path / "export")
+    summary = (tmp_path / "summary.md").read_text()
+    assert "NIQE" in summary and "report/report.html" in summary
+    assert (tmp_path / "report" / "report.html").is_file()
 
 
 def test_lpips_dir_without_backbone_is_refused_before_training(tmp_path):

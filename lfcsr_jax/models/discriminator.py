@@ -1,4 +1,4 @@
-"""The adversarial discriminator of PD-ADMM (EDSR/SRGAN style, reduced; REFERENCE.md section 4).
+"""The adversarial discriminator of PD-ADMM (EDSR/SRGAN style, reduced; docs/design.md section 4).
 
 Six conv3x3 (no bias) -> BatchNorm -> LeakyReLU(0.2) blocks, 3->64 s1, 64->64 s2, 64->128 s1,
 128->128 s2, 128->256 s1, 256->256 s2, every conv padded by 1 (the authors' module pads the strided

@@ -35,7 +35,7 @@ DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
 
 class HAN(nn.Module):
-    """Holistic Attention Network, REFERENCE.md section 2. LR (B,h,w,3) -> SR (B,sh,sw,3)."""
+    """Holistic Attention Network, docs/design.md section 2. LR (B,h,w,3) -> SR (B,sh,sw,3)."""
 
     scale: int = 4
     n_resgroups: int = 10
@@ -100,7 +100,7 @@ class HAN(nn.Module):
 
 
 class ResClique(nn.Module):
-    """Wavelet-domain Res-clique refinement, REFERENCE.md section 3. (B,H,W,3) -> (B,H,W,3).
+    """Wavelet-domain Res-clique refinement, docs/design.md section 3. (B,H,W,3) -> (B,H,W,3).
 
     No image-level skip: the output is built entirely from the inverse Haar of the predicted bands.
     """

@@ -1,4 +1,4 @@
-"""Building blocks of the two generators (REFERENCE.md sections 2-3), NHWC, flax.linen.
+"""Building blocks of the two generators (docs/design.md sections 2-3), NHWC, flax.linen.
 
 Every block keeps its parameters in float32 (`param_dtype`) and computes in `dtype`.
 Channel orders follow the authors' PyTorch modules so that their weights import unchanged

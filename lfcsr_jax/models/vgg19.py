@@ -105,7 +105,7 @@ def vgg_input(images_BxHxWx3: jax.Array, convention: str,
 
     `scaling` is config.loss.vgg_input_scaling: 'as_weights' gives exactly what the convention
     requires; 'reference' reproduces the authors' code, which fed 0-255 values into the 0-1
-    ImageNet statistics (REFERENCE.md 9.3); it is defined for 'torchvision' weights only
+    ImageNet statistics (docs/design.md 9.3); it is defined for 'torchvision' weights only
     (train.validate_config rejects it with a 'caffe' weights file).
     """
     x = images_BxHxWx3.astype(jnp.float32)
