@@ -108,8 +108,8 @@ def summarise(events: list[dict[str, Any]], steps: int, names: dict[str, str] | 
         "kernels_per_step": kernels / per_step,
         "busy_ms_per_step": _busy_ms(intervals) / per_step,
         "kernel_ms_per_step": sum(by_part.values()) / per_step,
-        "by_part_ms_per_step": {k: round(v / per_step, 3) for k, v in by_part.most_common()},
-        "by_kind_ms_per_step": {k: round(v / per_step, 3) for k, v in by_kind.most_common(25)},
+        "by_part_ms_per_step": {k: round(v / per_step, 4) for k, v in by_part.most_common()},
+        "by_kind_ms_per_step": {k: round(v / per_step, 4) for k, v in by_kind.most_common(25)},
     }
     if wall_ms_per_step is not None:
         summary["wall_ms_per_step"] = wall_ms_per_step

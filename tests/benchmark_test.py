@@ -16,7 +16,7 @@ def test_benchmark_prints_one_json_line_on_tiny_config():
     env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", XLA_FLAGS="", JAX_PLATFORMS="cpu")
     done = subprocess.run(
         [sys.executable, "tools/benchmark.py", "--config=tiny", "--dtypes=float32,bfloat16",
-         "--batches=4", "--steps=2", "--inference_size=16"],
+         "--batches=4", "--steps=2", "--inference_size=16", "--loop=2"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
@@ -27,6 +27,24 @@ def test_benchmark_prints_one_json_line_on_tiny_config():
         assert "error" not in row, row.get("error")
         for key in ("admm_step_ms", "pretrain_step_ms", "admm_compile_s", "inference_ms"):
             assert row[key] > 0, key
+        # The real training loop (lfcsr_jax.loop.TrainLoop) ran next to the bare step.
+        for key in ("admm_loop_ms", "pretrain_loop_ms", "admm_bare_back_to_back_ms"):
+            assert row[key] > 0, key
+    assert "xla_gpu_enable_command_buffer" in summary["xla_flags"]  # runtime.py applied
+
+
+def test_benchmark_count_prints_primitive_counts_without_compiling():
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    done = subprocess.run(
+        [sys.executable, "tools/benchmark.py", "--config=tiny", "--count", "--runtime_flags=0"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["xla_flags"] == ""  # --runtime_flags=0 leaves XLA_FLAGS alone
+    counts = summary["results"][0]["counts"]
+    for phase in ("pretrain", "admm"):
+        assert counts[phase]["convolutions"] > 0
+        assert counts[phase]["total"] >= sum(v for k, v in counts[phase].items() if k != "total")
 
 
 def _one_admm_step(dtype: str) -> dict[str, float]:

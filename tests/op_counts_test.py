@@ -1,0 +1,92 @@
+"""Primitive counts of the training steps (lfcsr_jax/op_counts.py): the counting rules on hand-made
+programs, and a ceiling on the paper model's counts so that a change that adds kernels to the
+step fails here, without a GPU (tools/PERF_NOTES.md has the before/after figures)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from lfcsr_jax import op_counts
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Reached by this version for the paper model (bfloat16, batch 16, 36/144 patches). Before (main
+# at b280c83): ADMM 3961 convolutions / 7952 converts / 34940 primitives, pre-training
+# 2825 / 4833 / 22474. The reduction count rose because the channel attention's 1x1
+# convolutions became multiply-reduce math that fuses (two convolutions -> two reductions).
+CEILINGS = {
+    "admm": {"convolutions": 2361, "dots": 61, "reductions": 5180, "converts": 4178,
+             "dynamic_update_slices": 0, "total": 37166},
+    "pretrain": {"convolutions": 1625, "dots": 12, "reductions": 4266, "converts": 2541,
+                 "dynamic_update_slices": 0, "total": 24582},
+}
+
+
+def test_scan_bodies_count_once_per_iteration_and_cond_its_costliest_branch():
+    def body(carry, _):
+        return jnp.sin(carry).astype(jnp.bfloat16).astype(jnp.float32), None
+
+    def program(x):
+        carry, _ = jax.lax.scan(body, x, None, length=7)
+        inner = jax.lax.scan(lambda c, _: jax.lax.scan(body, c, None, length=3), carry, None,
+                             length=2)[0]
+        return jax.lax.cond(inner.sum() > 0, lambda v: jnp.cos(jnp.cos(v)), jnp.sin, inner)
+
+    counts = op_counts.count_primitives(program, jnp.ones(3))
+    assert counts["sin"] == 7 + 2 * 3  # the false branch's sin is not the costliest branch
+    assert counts["cos"] == 2
+    # Two per body execution, plus cond's boolean predicate turned into a branch index.
+    assert counts["convert_element_type"] == 2 * (7 + 2 * 3) + 1
+    assert "scan" not in counts and "cond" not in counts
+    summary = op_counts.summarise(counts)
+    assert summary["converts"] == 27 and summary["reductions"] == 1
+    assert summary["total"] == sum(counts.values())
+
+
+def test_gradient_of_a_convolution_counts_its_transposes():
+    kernel = jnp.ones((3, 3, 2, 2))
+
+    def loss(x):
+        y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y.sum()
+
+    forward = op_counts.count_primitives(loss, jnp.ones((1, 4, 4, 2)))
+    backward = op_counts.count_primitives(jax.grad(loss), jnp.ones((1, 4, 4, 2)))
+    assert forward["conv_general_dilated"] == 1
+    assert backward["conv_general_dilated"] == 2  # forward (linearised) + input gradient
+
+
+@pytest.fixture(scope="module")
+def paper_counts():
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import benchmark  # tools/benchmark.py: the same counting `--count` prints
+
+    config = benchmark.load_config("paper", "bfloat16", 16)
+    return benchmark.count_training(config, ("pretrain", "admm"))
+
+
+@pytest.mark.parametrize("phase", ["admm", "pretrain"])
+def test_paper_model_step_counts_stay_at_or_under_the_ceilings(paper_counts, phase):
+    counts = paper_counts[phase]
+    over = {k: (counts[k], limit) for k, limit in CEILINGS[phase].items() if counts[k] > limit}
+    assert not over, f"{phase}: more primitives per step than reached before: {over}"
+
+
+def test_count_does_not_change_with_the_loop_structure():
+    """Unrolling changes how XLA loops, not what runs: the count is the same."""
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import benchmark
+
+    rolled = benchmark.count_training(benchmark.load_config("tiny", "float32", 4), ("pretrain",))
+    unrolled = benchmark.count_training(
+        benchmark.load_config("tiny", "float32", 4,
+                              ["model.han_block_unroll=2", "model.clique_unroll=2"]),
+        ("pretrain",))
+    assert rolled == unrolled
