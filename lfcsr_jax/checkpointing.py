@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,25 @@ def _silence_closed_event_loop_reports() -> None:
 
     hook._drops_closed_event_loop = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+    # The same reports also arrive from TensorStore's callback threads and as "unraisable"
+    # exceptions of finalisers; filter those channels the same way.
+    previous_thread_hook = threading.excepthook
+
+    def thread_hook(args):
+        if args.exc_type is RuntimeError and str(args.exc_value) == "Event loop is closed":
+            return
+        previous_thread_hook(args)
+
+    threading.excepthook = thread_hook
+    previous_unraisable = sys.unraisablehook
+
+    def unraisable_hook(unraisable):
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous_unraisable(unraisable)
+
+    sys.unraisablehook = unraisable_hook
 
 
 def _umask() -> int:

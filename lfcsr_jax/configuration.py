@@ -22,6 +22,21 @@ VGG_INPUT_SCALINGS = ("as_weights", "reference")  # config.loss.vgg_input_scalin
 INPUT_SOURCES = ("tfds", "folder", "paired", "skimage")  # config.input.source
 PHASES = ("pretrain", "admm")  # config.train.phases (a non-empty subset, in order)
 
+# Every enum field of a config and its allowed values: the one table both checks read.
+ENUM_FIELDS = (("model.dtype", MODEL_DTYPES), ("admm.method", ADMM_METHODS),
+               ("admm.lowpass", LOWPASS_KINDS), ("admm.constrained_band", CONSTRAINED_BANDS),
+               ("admm.order", STAGE_ORDERS))
+
+
+def enum_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """One line per enum field of ENUM_FIELDS whose value is not allowed."""
+    problems = []
+    for field, allowed in ENUM_FIELDS:
+        group, name = field.split(".")
+        if config[group][name] not in allowed:
+            problems.append(f"config.{field}={config[group][name]!r}: expected one of {allowed}")
+    return problems
+
 
 def load_config_file(spec: str | os.PathLike) -> ml_collections.ConfigDict:
     """`get_config(variant)` of a config file named `path.py` or `path.py:variant`.

@@ -59,10 +59,9 @@ def main(argv: list[str]) -> int:
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                    num_processes=FLAGS.num_processes,
                                    process_id=FLAGS.process_id)
-    train.validate_config(config)  # fail on bad values before anything compiles
-
     logging.info("JAX process %d / %d, local devices: %s", jax.process_index(),
                  jax.process_count(), jax.local_devices())
+    # train_and_evaluate checks the config first (train.validate_config), before any compute.
     return train.train_and_evaluate(config, FLAGS.workdir)
 
 

@@ -44,14 +44,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         problems.append(
             f"input.lr_patch={inp.lr_patch}: the HR patch (lr_patch*scale={hr_patch}) must be a "
             "positive multiple of 8 (two Haar levels and three stride-2 discriminator convs)")
-    for field, allowed in (("model.dtype", configuration.MODEL_DTYPES),
-                           ("admm.method", configuration.ADMM_METHODS),
-                           ("admm.lowpass", configuration.LOWPASS_KINDS),
-                           ("admm.constrained_band", configuration.CONSTRAINED_BANDS),
-                           ("admm.order", configuration.STAGE_ORDERS)):
-        group, name = field.split(".")
-        if config[group][name] not in allowed:
-            problems.append(f"{field}={config[group][name]!r}: expected one of {allowed}")
+    problems += configuration.enum_problems(config)
     problems += _check_vgg_input(config.loss)
     unknown_phases = [p for p in train.phases if p not in configuration.PHASES]
     if unknown_phases or not train.phases:
@@ -116,7 +109,7 @@ def _check_training_images(inp: ml_collections.ConfigDict) -> list[str]:
     return [problem for folder in folders for problem in _unreadable_images(str(folder))]
 
 
-@functools.lru_cache(maxsize=16)  # validate_config runs twice per start (main, then train)
+@functools.lru_cache(maxsize=16)  # a folder is verified once per process
 def _unreadable_images(folder: str) -> tuple[str, ...]:
     from PIL import Image
 

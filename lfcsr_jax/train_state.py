@@ -26,10 +26,6 @@ ObjectiveLossFn = Callable[..., tuple[jax.Array, Metrics]]
 # (networks, stage output, hr, fake logits or None, vgg params) -> (loss, named terms)
 PerceptualLossFn = Callable[..., tuple[jax.Array, Metrics]]
 
-_METHODS = configuration.ADMM_METHODS
-_BANDS = configuration.CONSTRAINED_BANDS
-_ORDERS = configuration.STAGE_ORDERS
-_LOWPASS = configuration.LOWPASS_KINDS
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,15 +52,11 @@ class Networks:
 
 
 def _check_admm_config(config: ml_collections.ConfigDict) -> None:
-    admm = config.admm
-    for key, value, allowed in (
-        ("method", admm.method, _METHODS),
-        ("constrained_band", admm.constrained_band, _BANDS),
-        ("order", admm.order, _ORDERS),
-        ("lowpass", admm.lowpass, _LOWPASS),
-    ):
-        if value not in allowed:
-            raise ValueError(f"config.admm.{key}: unknown value {value!r}; expected one of {allowed}")
+    """The same check as train.validate_config (configuration.enum_problems), for callers that
+    build networks or a state without the training program (tests, tools)."""
+    problems = configuration.enum_problems(config)
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def make_optimizers(config: ml_collections.ConfigDict) -> dict[str, optax.GradientTransformation]:

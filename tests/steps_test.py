@@ -78,3 +78,17 @@ def test_execution_fields_are_known_to_the_export_check():
     model = x4.get_config("").model
     for field in ("remat", "han_block_unroll", "han_group_unroll", "clique_unroll", "dtype"):
         assert field in model and field in generator.EXECUTION_FIELDS
+
+
+def test_pretraining_runs_the_generators_without_block_loops_and_admm_with_them():
+    from lfcsr_jax import steps
+
+    config = x4.get_config("tiny")
+    networks = train_state.make_networks(config)
+    pretrain_nets = steps.phase_networks(networks, "pretrain")
+    assert pretrain_nets.objective.block_unroll == config.model.han_resblocks
+    assert pretrain_nets.perceptual.unroll == config.model.clique_blocks
+    assert steps.phase_networks(networks, "admm") is networks
+    config.model.pretrain_unrolled = False
+    assert steps.phase_networks(train_state.make_networks(config), "pretrain").objective \
+        .block_unroll == config.model.han_block_unroll

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from configs import x4
-from lfcsr_jax import train, train_logging
+from lfcsr_jax import loop, train, train_logging
 from tests.cli_hardening_test import assert_one_line_error
 from tests.train_test import REPO_ROOT, _command, _env, _run
 
@@ -89,12 +89,17 @@ class _FakeCheckpoints:
         return self.latest
 
 
+def _loop_with(checkpoints) -> loop.TrainLoop:
+    return loop.TrainLoop(steps={}, lengths={}, vgg_params=None, batch_sharding=None,
+                          stream=iter(()), writer=None, stop=None, checkpoints=checkpoints)
+
+
 def test_non_finite_message_names_the_metrics_step(capsys):
     # The bad step's 0-based index is 5; metrics.jsonl records it as step 6.
-    assert train._stop_non_finite(5, _FakeCheckpoints(4)) == 3
+    assert _loop_with(_FakeCheckpoints(4)).stop_non_finite(5) == 3
     out = capsys.readouterr().out
     assert "at step 6:" in out and "(step 4)" in out
-    train._stop_non_finite(0, _FakeCheckpoints(None))
+    _loop_with(_FakeCheckpoints(None)).stop_non_finite(0)
     out = capsys.readouterr().out
     assert "None" not in out and "No checkpoint had been saved yet" in out
 

@@ -161,7 +161,8 @@ class LFcSR(nn.Module):
 
 # config.model fields that change how the generators execute, never what they compute: an export
 # made with other values loads and continues training unchanged.
-EXECUTION_FIELDS = ("dtype", "remat", "han_block_unroll", "han_group_unroll", "clique_unroll")
+EXECUTION_FIELDS = ("dtype", "remat", "han_block_unroll", "han_group_unroll", "clique_unroll",
+                    "pretrain_unrolled")
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
