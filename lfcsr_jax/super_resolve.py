@@ -415,8 +415,24 @@ def run(args: argparse.Namespace) -> list[Path]:
             if index + 1 < len(chunks):  # decode the next chunk while the device works
                 reads = [pool.submit(_read, src) for src, _ in chunks[index + 1]]
             groups: dict[tuple[int, int], list[tuple[Path, Path, np.ndarray]]] = {}
+
+            def flush(groups: dict = groups) -> None:
+                for (hb, wb), members in groups.items():
+                    size = inference.max_batch(model, hb, wb, budget, batch_limit)
+                    for start in range(0, len(members), size):
+                        part = members[start:start + size]
+                        outputs = model.predict_batch([lr for _, _, lr in part])
+                        for (source, target, _), (y_o, y_p) in zip(part, outputs):
+                            sr = args.alpha * y_o + (1.0 - args.alpha) * y_p
+                            writes.append((pool.submit(write_output, target, sr, args.format),
+                                           source, target))
+                        bar.update(len(part))
+                groups.clear()
+
             for (source, target), (lr, problem) in zip(chunk, current):
                 if lr is None:
+                    flush()  # the images before it first: --fail_fast stops exactly here
+                    collect_writes(wait=True)
                     fail(source, problem)
                     bar.update(1)
                     continue
@@ -430,16 +446,7 @@ def run(args: argparse.Namespace) -> list[Path]:
                     continue
                 key = model.bucketed_lr_shape(*lr.shape[:2]) if model.bucket else lr.shape[:2]
                 groups.setdefault(key, []).append((source, target, lr))
-            for (hb, wb), members in groups.items():
-                size = inference.max_batch(model, hb, wb, budget, batch_limit)
-                for start in range(0, len(members), size):
-                    part = members[start:start + size]
-                    outputs = model.predict_batch([lr for _, _, lr in part])
-                    for (source, target, _), (y_o, y_p) in zip(part, outputs):
-                        sr = args.alpha * y_o + (1.0 - args.alpha) * y_p
-                        writes.append((pool.submit(write_output, target, sr, args.format),
-                                       source, target))
-                    bar.update(len(part))
+            flush()
             collect_writes(wait=False)
         collect_writes(wait=True)
     stats = inference.CompileStats.since(stats_before)
