@@ -192,15 +192,24 @@ def evaluate_images(predict: Predictor, images: Sequence[dict[str, Any]], alphas
     `extras` (analyses.Extras) adds rows (other methods, interpolations) and per-image values."""
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
+    from concurrent.futures import ThreadPoolExecutor  # pylint: disable=import-outside-toplevel
+
     bicubic = bicubic_predictor(suite.scale)
     labels = ["bicubic"] + ([] if is_bicubic else [alpha_label(a) for a in alphas])
     per_image = []
-    for item in tqdm(images, desc=progress_label, unit="img", leave=False, file=sys.stderr):
+    # The next image's forward runs in a worker thread while this one is scored (JAX and most of
+    # the metrics' numpy release the GIL), so the device does not wait for the metrics.
+    pool = ThreadPoolExecutor(max_workers=1)
+    ahead = None if is_bicubic or not images else pool.submit(predict, images[0]["lr"])
+    for index, item in enumerate(tqdm(images, desc=progress_label, unit="img", leave=False,
+                                      file=sys.stderr)):
         record: dict[str, Any] = {"name": item["name"]}
         outputs = {"bicubic": bicubic(item["lr"])[0]}
         stages = None
         if not is_bicubic:
-            y_objective, y_perceptual = predict(item["lr"])
+            y_objective, y_perceptual = ahead.result()
+            if index + 1 < len(images):
+                ahead = pool.submit(predict, images[index + 1]["lr"])
             stages = (y_objective, y_perceptual)
             for alpha in alphas:
                 outputs[alpha_label(alpha)] = alpha * y_objective + (1.0 - alpha) * y_perceptual
@@ -220,6 +229,7 @@ def evaluate_images(predict: Predictor, images: Sequence[dict[str, Any]], alphas
             extras.after_image(item, record, outputs, stages)
         per_image.append(record)
         labels = list(outputs)
+    pool.shutdown(wait=True)
     rows = {label: {m: float(np.mean([r[label][m] for r in per_image])) for m in suite.names}
             for label in labels}
     return {"rows": rows, "per_image": per_image, "count": len(per_image)}
