@@ -166,11 +166,16 @@ def bicubic_predictor(scale: int) -> Predictor:
     return predict
 
 
-def model_predictor(checkpoint: str | Path, dtype: str = "") -> tuple[Predictor, dict[str, Any]]:
-    """(lr uint8 HxWx3 -> (Y', Y) float32 on the 0-255 scale, model config) from an export."""
-    from lfcsr_jax import super_resolve  # pylint: disable=import-outside-toplevel
+def model_predictor(checkpoint: str | Path, dtype: str = "", bucket: int | None = None
+                    ) -> tuple[Predictor, dict[str, Any]]:
+    """(lr uint8 HxWx3 -> (Y', Y) float32 on the 0-255 scale, model config) from an export.
 
-    model = super_resolve.load_model(checkpoint, dtype=dtype)
+    The predictor is `inference.LoadedModel.predict` (bucketed exact shapes; `.__self__` is the
+    model, whose compile_count the summary reports)."""
+    from lfcsr_jax import inference  # pylint: disable=import-outside-toplevel
+
+    model = inference.load_model(checkpoint, dtype=dtype,
+                                 bucket=inference.BUCKET if bucket is None else bucket)
     return model.predict, model.config
 
 
@@ -187,15 +192,24 @@ def evaluate_images(predict: Predictor, images: Sequence[dict[str, Any]], alphas
     `extras` (analyses.Extras) adds rows (other methods, interpolations) and per-image values."""
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
+    from concurrent.futures import ThreadPoolExecutor  # pylint: disable=import-outside-toplevel
+
     bicubic = bicubic_predictor(suite.scale)
     labels = ["bicubic"] + ([] if is_bicubic else [alpha_label(a) for a in alphas])
     per_image = []
-    for item in tqdm(images, desc=progress_label, unit="img", leave=False, file=sys.stderr):
+    # The next image's forward runs in a worker thread while this one is scored (JAX and most of
+    # the metrics' numpy release the GIL), so the device does not wait for the metrics.
+    pool = ThreadPoolExecutor(max_workers=1)
+    ahead = None if is_bicubic or not images else pool.submit(predict, images[0]["lr"])
+    for index, item in enumerate(tqdm(images, desc=progress_label, unit="img", leave=False,
+                                      file=sys.stderr)):
         record: dict[str, Any] = {"name": item["name"]}
         outputs = {"bicubic": bicubic(item["lr"])[0]}
         stages = None
         if not is_bicubic:
-            y_objective, y_perceptual = predict(item["lr"])
+            y_objective, y_perceptual = ahead.result()
+            if index + 1 < len(images):
+                ahead = pool.submit(predict, images[index + 1]["lr"])
             stages = (y_objective, y_perceptual)
             for alpha in alphas:
                 outputs[alpha_label(alpha)] = alpha * y_objective + (1.0 - alpha) * y_perceptual
@@ -215,6 +229,7 @@ def evaluate_images(predict: Predictor, images: Sequence[dict[str, Any]], alphas
             extras.after_image(item, record, outputs, stages)
         per_image.append(record)
         labels = list(outputs)
+    pool.shutdown(wait=True)
     rows = {label: {m: float(np.mean([r[label][m] for r in per_image])) for m in suite.names}
             for label in labels}
     return {"rows": rows, "per_image": per_image, "count": len(per_image)}
@@ -344,9 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Haar LL/HH views and LL-difference maps per image (paper Figs. 5, 7)")
     p.add_argument("--reference_points", default="", help="'paper' or a JSON file for the plot")
     p.add_argument("--scale", type=int, default=4)
-    p.add_argument("--dtype", default="", choices=("", "float32", "bfloat16", "float16"),
-                   help="compute dtype override: float32 | bfloat16 | float16 (e.g. bfloat16 on "
-                   "GPUs; default: the export's)")
+    p.add_argument("--dtype", default="auto", choices=("", "auto", "float32", "bfloat16", "float16"),
+                   help="compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | "
+                   "bfloat16 | float16")
+    p.add_argument("--bucket", type=int, default=32,
+                   help="run images padded (exactly, masked) to bucketed shapes in steps of this "
+                   "many LR pixels: few compiles for many sizes (0 = exact shapes)")
+    p.add_argument("--xla_cache_dir", default="",
+                   help="persistent compilation cache (default: $LFCSR_XLA_CACHE, else "
+                   "~/.cache/lfcsr_jax/xla; 'off' disables it)")
     p.add_argument("--max_images", type=int, default=0, help="first N images per set (0 = all)")
     from lfcsr_jax import analyses  # pylint: disable=import-outside-toplevel
 
@@ -371,10 +392,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name, why in suite.unavailable.items():
         print(f"[evaluate] {name} unavailable: {why}", file=sys.stderr)
     references = load_reference_points(args.reference_points)
+    compile_before = None
+    from lfcsr_jax import inference  # pylint: disable=import-outside-toplevel
+
     if is_bicubic:
         predict, info = bicubic_predictor(args.scale), {"model": "bicubic"}
     else:
-        predict, model_cfg = model_predictor(args.checkpoint, args.dtype)
+        inference.configure_compilation_cache(getattr(args, "xla_cache_dir", ""))
+        compile_before = inference.CompileStats.snapshot()
+        predict, model_cfg = model_predictor(args.checkpoint, args.dtype,
+                                             getattr(args, "bucket", None))
         info = {"model": "lfcsr", "checkpoint": str(Path(args.checkpoint).absolute()),
                 "model_config": model_cfg}
         if int(model_cfg.get("scale", args.scale)) != args.scale:
@@ -405,6 +432,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not results:
         raise UserError(f"none of the datasets {args.datasets} found under {args.data_dir}")
     info.update({"missing_datasets": missing, "seconds": round(time.time() - start, 1)})
+    model = getattr(predict, "__self__", None) if compile_before is not None else None
+    if model is not None:
+        info["compiles"] = {"model_shapes": model.compile_count,
+                            **inference.CompileStats.since(compile_before)}
+        print(f"[evaluate] {inference.compile_summary(model, info['compiles'])}", file=sys.stderr)
     table = format_table(results, suite.names) + extras.table_addendum(results)
     if missing:
         table += f"\n\nskipped (not found under {args.data_dir}): {', '.join(missing)}"
@@ -414,7 +446,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         files = write_reports(Path(args.output_dir), results, suite, info, references)
         files += extras.write(Path(args.output_dir), results, suite, info, references)
     return {"results": results, "table": table, "unavailable": suite.unavailable, "files": files,
-            "missing_datasets": missing}
+            "missing_datasets": missing, "compiles": info.get("compiles")}
 
 
 @reports_user_errors("evaluate")

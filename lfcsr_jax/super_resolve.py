@@ -1,8 +1,16 @@
 """Super-resolve image files with an LFc-SR export.
 
   python -m lfcsr_jax.super_resolve --checkpoint=EXPORT_DIR INPUT... --output=OUT_DIR \
-      [--alpha=0] [--tile=0] [--tile_overlap=32] [--dtype=float32|bfloat16|float16]
-      [--format=png|npy] [--fail_fast]
+      [--alpha=0] [--tile=0] [--tile_overlap=32] [--dtype=auto|float32|bfloat16|float16]
+      [--bucket=32] [--batch=0] [--memory_budget=] [--xla_cache_dir=] [--format=png|npy]
+      [--fail_fast]
+
+Speed (lfcsr_jax/inference.py): the compute dtype defaults to bfloat16 on GPU/TPU and float32 on
+CPU; images run padded to a few bucketed shapes with the padding masked out exactly (the output
+equals the unpadded forward to float rounding), so a folder of many sizes compiles a few
+programs; same-bucket images run --batch at a time (bounded by free memory); reads and PNG
+writes run in a small thread pool beside the device; compiled programs persist in
+~/.cache/lfcsr_jax/xla (--xla_cache_dir). The summary line reports the compile count.
 
 INPUT: image files and/or folders of images (not recursive). Grayscale, gray+alpha, palette, RGBA
 (alpha dropped) and 16-bit images are read as RGB uint8 (image_io.py); outputs are always RGB.
@@ -34,14 +42,15 @@ with a large overlap). Hence two modes:
     rounding aside) when overlap/4 >= G_P's receptive-field radius, `perceptual_receptive_radius`
     (about 47 LR pixels for the paper's 15 blocks, so --tile_overlap >= 188).
 A tile larger than the image is exactly the untiled computation.
+--tile=0 (default) runs whole images, unless an image's estimated activation memory exceeds the
+device's free memory (GPU/TPU; or --memory_budget / $LFCSR_MEMORY_BUDGET): then it is tiled with
+the largest tile that fits, and the console says so with the tile size. On CPU big inputs run
+untiled and the estimate is printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
-import json
 import os
 import sys
 import tempfile
@@ -50,49 +59,21 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lfcsr_jax.cli_errors import UserError, check_output_dir, reports_user_errors
+from lfcsr_jax import inference
+from lfcsr_jax.cli_errors import check_output_dir, reports_user_errors
 
 OUTPUT_FORMATS = ("png", "npy")
-DTYPES = ("float32", "bfloat16", "float16")  # generator.compute_dtype accepts these three
+DTYPES = inference.DTYPES
 # Suffixes that show --output was meant as one file (of a format we do not write).
 _FILE_LIKE_SUFFIXES = (".png", ".npy", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm",
                        ".gif")
 
 
-class SuperResolveError(UserError):
-    """A bad input, checkpoint or output choice; the message names the file."""
-
-
-@dataclasses.dataclass
-class LoadedModel:
-    """An export ready to run: `predict(lr HxWx3 uint8/float 0-255) -> (Y', Y)` float32 HxWx3."""
-
-    config: dict[str, Any]
-    params: Any
-    apply_fn: Callable[[Any, Any], tuple[Any, Any]]  # jitted (params, lr_1xhxwx3) -> (y_o, y_p)
-    objective_fn: Callable[[Any, Any], Any]  # jitted (params['objective'], lr) -> y_o
-    perceptual_fn: Callable[[Any, Any], Any]  # jitted (params['perceptual'], y_o) -> y_p
-
-    @property
-    def scale(self) -> int:
-        return int(self.config["scale"])
-
-    def predict(self, lr_hxwx3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lr = np.asarray(lr_hxwx3, dtype=np.float32)[None]
-        y_objective, y_perceptual = self.apply_fn(self.params, lr)
-        return (np.asarray(y_objective[0], dtype=np.float32),
-                np.asarray(y_perceptual[0], dtype=np.float32))
-
-    def objective(self, lr_hxwx3: np.ndarray) -> np.ndarray:
-        """Y' = G_O(lr) alone, float32 HxWx3."""
-        y = self.objective_fn(self.params["objective"], np.asarray(lr_hxwx3, np.float32)[None])
-        return np.asarray(y[0], dtype=np.float32)
-
-    def perceptual(self, y_objective_hxwx3: np.ndarray) -> np.ndarray:
-        """Y = G_P(Y') alone, float32 HxWx3 (H, W even)."""
-        y = self.perceptual_fn(self.params["perceptual"],
-                               np.asarray(y_objective_hxwx3, np.float32)[None])
-        return np.asarray(y[0], dtype=np.float32)
+# The loading library lives in inference.py (shared with evaluate); re-exported here for callers.
+SuperResolveError = inference.InferenceError  # a bad input, checkpoint or output choice
+LoadedModel = inference.LoadedModel
+load_model = inference.load_model
+check_params_match_config = inference.check_params_match_config
 
 
 def perceptual_receptive_radius(model_cfg: dict[str, Any]) -> int:
@@ -105,91 +86,6 @@ def perceptual_receptive_radius(model_cfg: dict[str, Any]) -> int:
     convs = 2 + 6 * int(model_cfg["clique_blocks"]) + 1
     hr_radius = 2 * convs + 2
     return -(-hr_radius // int(model_cfg["scale"]))
-
-
-def load_model(checkpoint: str | Path, dtype: str = "") -> LoadedModel:
-    """Reads an export (checkpointing.save_export) and jits the two-stage forward.
-
-    `dtype` overrides the compute dtype of the export's config ('float32', 'bfloat16'); params
-    stay float32 and the outputs are returned as float32. Each new input shape compiles once.
-    """
-    import jax  # pylint: disable=import-outside-toplevel
-
-    from lfcsr_jax import checkpointing  # pylint: disable=import-outside-toplevel
-
-    path = Path(checkpoint)
-    if not str(checkpoint) or not path.exists():
-        raise SuperResolveError(f"checkpoint {str(checkpoint)!r} does not exist (pass an export "
-                                "directory written by save_export / the training program)")
-    if not path.is_dir():
-        raise SuperResolveError(f"checkpoint {path} is a file; pass an export directory (the "
-                                "folder holding config.json and params/)")
-    if (path / "export" / "config.json").is_file() or (path / "checkpoints").is_dir():
-        raise SuperResolveError(f"checkpoint {path} is a training workdir, not an export; pass "
-                                f"--checkpoint={path / 'export'}")
-    if dtype and dtype not in DTYPES:
-        raise SuperResolveError(f"--dtype={dtype!r}: choose one of {', '.join(DTYPES)}")
-    try:
-        model_cfg, params = checkpointing.load_export(path)
-    except checkpointing.CheckpointError as e:
-        raise SuperResolveError(f"checkpoint {path}: {e}") from e
-    check_params_match_config(path, model_cfg, params)
-    model_cfg = dict(model_cfg)
-    if dtype:
-        model_cfg["dtype"] = dtype
-    fns = _jitted_forwards(json.dumps(model_cfg, sort_keys=True))
-    return LoadedModel(model_cfg, jax.device_put(params), *fns)
-
-
-def check_params_match_config(path: Path, model_cfg: dict[str, Any], params: Any) -> None:
-    """An export whose config.json no longer describes its params/ is named, not a flax error."""
-    import jax  # pylint: disable=import-outside-toplevel
-
-    from lfcsr_jax.models import generator  # pylint: disable=import-outside-toplevel
-
-    try:
-        model = generator.build_lfcsr(model_cfg)
-        expected = jax.eval_shape(lambda k: generator.init_params(model, k, (1, 8, 8, 3)),
-                                  jax.random.PRNGKey(0))
-    except (KeyError, TypeError, ValueError) as e:
-        raise SuperResolveError(f"checkpoint {path}: {path / 'config.json'} has an unusable "
-                                f"model config ({e}); re-export the model") from e
-    want = {jax.tree_util.keystr(k): tuple(v.shape)
-            for k, v in jax.tree_util.tree_leaves_with_path(expected)}
-    have = {jax.tree_util.keystr(k): tuple(np.shape(v))
-            for k, v in jax.tree_util.tree_leaves_with_path(params)}
-    if want != have:
-        differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
-        shown = ", ".join(f"{k} (config {want.get(k)}, params {have.get(k)})" for k in differ[:3])
-        raise SuperResolveError(
-            f"checkpoint {path}: config.json does not match params/ ({len(differ)} parameters "
-            f"differ, e.g. {shown}); the export was edited or mixed up: re-export the model")
-
-
-@functools.lru_cache(maxsize=8)
-def _jitted_forwards(model_cfg_json: str) -> tuple[Callable, Callable, Callable]:
-    """(both stages, G_O, G_P) jitted, shared by every load of the same config, so a second load
-    (evaluate then super_resolve, or tests) reuses the compiled executables."""
-    import jax  # pylint: disable=import-outside-toplevel
-
-    from lfcsr_jax.models import generator  # pylint: disable=import-outside-toplevel
-
-    model_cfg = json.loads(model_cfg_json)
-    model = generator.build_lfcsr(model_cfg)
-    objective = generator.build_objective(model_cfg)
-    perceptual = generator.build_perceptual(model_cfg)
-
-    def apply(p, lr_1xhxwx3):
-        y_objective, y_perceptual = generator.apply_generator(model, p, lr_1xhxwx3)
-        return y_objective.astype("float32"), y_perceptual.astype("float32")
-
-    def apply_objective(p, lr_1xhxwx3):
-        return generator.apply_generator(objective, p, lr_1xhxwx3).astype("float32")
-
-    def apply_perceptual(p, y_1xHxWx3):
-        return generator.apply_generator(perceptual, p, y_1xHxWx3).astype("float32")
-
-    return jax.jit(apply), jax.jit(apply_objective), jax.jit(apply_perceptual)
 
 
 # ----------------------------------------------------------------------------- tiling
@@ -398,12 +294,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="export directory")
     p.add_argument("--output", required=True, help="output folder, or one .png/.npy file")
     p.add_argument("--alpha", type=float, default=0.0, help="0 = perceptual Y, 1 = objective Y'")
-    p.add_argument("--tile", type=int, default=0, help="LR tile size (0 = whole image)")
+    p.add_argument("--tile", type=int, default=0,
+                   help="LR tile size (0 = whole image, tiled by itself only when the estimated "
+                   "activation memory exceeds the device's free memory)")
     p.add_argument("--tile_overlap", type=int, default=32, help="LR pixels shared by neighbours")
     p.add_argument("--tile_mode", default="both", choices=TILE_MODES,
                    help="both: tile both stages (approximate); perceptual: tile only G_P (exact)")
-    p.add_argument("--dtype", default="", choices=("",) + DTYPES,
-                   help="compute dtype override: " + " | ".join(DTYPES) + " (default: the export's)")
+    p.add_argument("--dtype", default="auto", choices=inference.DTYPE_CHOICES,
+                   help="compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU) | "
+                   + " | ".join(DTYPES))
+    p.add_argument("--bucket", type=int, default=inference.BUCKET,
+                   help="run images padded (exactly, masked) to bucketed shapes in steps of this "
+                   "many LR pixels, so a folder of many sizes compiles a few shapes (0 = exact "
+                   "shapes, one compile per size)")
+    p.add_argument("--batch", type=int, default=0,
+                   help="images of one bucket per forward, at most (0 = auto: 8 on GPU/TPU, "
+                   "bounded by free memory; 1 on CPU)")
+    p.add_argument("--memory_budget", default="",
+                   help="bytes the forward may use, e.g. 2G (default: $LFCSR_MEMORY_BUDGET, else "
+                   "the device's free memory; none on CPU)")
+    p.add_argument("--xla_cache_dir", default="",
+                   help="persistent compilation cache (default: $LFCSR_XLA_CACHE, else "
+                   "~/.cache/lfcsr_jax/xla; 'off' disables it)")
     p.add_argument("--format", default="png", choices=OUTPUT_FORMATS)
     p.add_argument("--fail_fast", action="store_true",
                    help="stop at the first unreadable or unwritable file (default: report it, "
@@ -411,44 +323,136 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> list[Path]:
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+BIG_INPUT_BYTES = 2 ** 30  # on CPU (no free-memory figure), estimates above this are printed
 
+
+def _read(source: Path) -> tuple[np.ndarray | None, str]:
     from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+
+    try:
+        return image_io.read_image(source), ""
+    except image_io.ImageReadError as e:
+        return None, str(e)
+
+
+def plan_tile(model: LoadedModel, name: str, h: int, w: int, args: argparse.Namespace,
+              budget: int | None) -> int:
+    """--tile if given; else 0 (whole image) unless the activation estimate exceeds `budget`,
+    then the largest tile that fits (said on stderr). Without a budget (CPU) big estimates are
+    only printed."""
+    if args.tile:
+        return args.tile
+    need = model.activation_bytes(h, w)
+    if budget is None:
+        if need > BIG_INPUT_BYTES:
+            print(f"[super_resolve] {name}: {h}x{w} LR, estimated activation memory "
+                  f"{inference.format_bytes(need)} (untiled; --tile=T to tile)", file=sys.stderr)
+        return 0
+    if need <= budget:
+        return 0
+    tile = inference.choose_tile(model, h, w, budget, args.tile_overlap)
+    print(f"[super_resolve] {name}: estimated activation memory {inference.format_bytes(need)} > "
+          f"free {inference.format_bytes(budget)}: tiling with --tile={tile} "
+          f"--tile_overlap={args.tile_overlap} (--tile_mode={args.tile_mode})", file=sys.stderr)
+    return tile
+
+
+def run(args: argparse.Namespace) -> list[Path]:
+    """Reads (a small thread pool, ahead of the device), runs same-bucket images in batches,
+    writes (the pool again, behind the device); prints a summary with the compile count."""
+    from concurrent.futures import ThreadPoolExecutor  # pylint: disable=import-outside-toplevel
+
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
     if not 0.0 <= args.alpha <= 1.0:
         raise SuperResolveError(f"--alpha={args.alpha} must lie in [0, 1]")
     if args.tile < 0 or args.tile_overlap < 0 or (args.tile and args.tile_overlap >= args.tile):
         raise SuperResolveError(f"need --tile >= 0 and 0 <= --tile_overlap < --tile, got "
                                 f"{args.tile}, {args.tile_overlap}")
+    if args.batch < 0:
+        raise SuperResolveError(f"--batch={args.batch} must be >= 0 (0 = auto)")
     files = collect_inputs(args.inputs)
     check_output(args.output, args.format, len(files))  # before the model is loaded
-    model = load_model(args.checkpoint, args.dtype)
+    budget = inference.free_device_memory(args.memory_budget)
+    inference.configure_compilation_cache(getattr(args, "xla_cache_dir", ""))
+    stats_before = inference.CompileStats.snapshot()
+    model = load_model(args.checkpoint, args.dtype, getattr(args, "bucket", inference.BUCKET))
     targets = plan_outputs(files, args.output, args.format, model.scale)
     radius = perceptual_receptive_radius(model.config)
     if args.tile and args.tile_mode == "perceptual" and args.tile_overlap < 4 * radius:
         print(f"[super_resolve] note: --tile_overlap={args.tile_overlap} < 4 x G_P's receptive "
               f"radius ({radius} LR px): tiles are not exact", file=sys.stderr)
+    import jax  # pylint: disable=import-outside-toplevel
+
+    batch_limit = args.batch or (1 if jax.default_backend() == "cpu" else 8)
     written: list[Path] = []
     failed: list[str] = []
-    for source, target in tqdm(list(zip(files, targets)), unit="img", file=sys.stderr):
-        try:
-            lr = image_io.read_image(source)
-        except image_io.ImageReadError as e:
-            problem = str(e)
-        else:
-            sr = super_resolve_array(model, lr, args.alpha, args.tile, args.tile_overlap,
-                                     args.tile_mode)
-            try:
-                write_output(target, sr, args.format)
-                written.append(target)
-                continue
-            except OSError as e:
-                problem = f"{target}: cannot write ({e.strerror or e})"
+    writes: list[tuple[Any, Path, Path]] = []
+
+    def fail(source: Path, problem: str) -> None:
         if args.fail_fast:
             raise SuperResolveError(problem)
         print(f"super_resolve: failed: {problem}", file=sys.stderr, flush=True)
         failed.append(str(source))
+
+    def collect_writes(wait: bool) -> None:
+        while writes and (wait or writes[0][0].done()):
+            future, source, target = writes.pop(0)
+            try:
+                future.result()
+                written.append(target)
+            except OSError as e:
+                fail(source, f"{target}: cannot write ({e.strerror or e})")
+
+    pairs = list(zip(files, targets))
+    window = max(2 * batch_limit, 4)
+    chunks = [pairs[i:i + window] for i in range(0, len(pairs), window)]
+    with ThreadPoolExecutor(max_workers=3) as pool, \
+            tqdm(total=len(pairs), unit="img", file=sys.stderr) as bar:
+        reads = [pool.submit(_read, src) for src, _ in chunks[0]] if chunks else []
+        for index, chunk in enumerate(chunks):
+            current = [f.result() for f in reads]
+            if index + 1 < len(chunks):  # decode the next chunk while the device works
+                reads = [pool.submit(_read, src) for src, _ in chunks[index + 1]]
+            groups: dict[tuple[int, int], list[tuple[Path, Path, np.ndarray]]] = {}
+
+            def flush(groups: dict = groups) -> None:
+                for (hb, wb), members in groups.items():
+                    size = inference.max_batch(model, hb, wb, budget, batch_limit)
+                    for start in range(0, len(members), size):
+                        part = members[start:start + size]
+                        outputs = model.predict_batch([lr for _, _, lr in part])
+                        for (source, target, _), (y_o, y_p) in zip(part, outputs):
+                            sr = args.alpha * y_o + (1.0 - args.alpha) * y_p
+                            writes.append((pool.submit(write_output, target, sr, args.format),
+                                           source, target))
+                        bar.update(len(part))
+                groups.clear()
+
+            for (source, target), (lr, problem) in zip(chunk, current):
+                if lr is None:
+                    flush()  # the images before it first: --fail_fast stops exactly here
+                    collect_writes(wait=True)
+                    fail(source, problem)
+                    bar.update(1)
+                    continue
+                tile = plan_tile(model, source.name, lr.shape[0], lr.shape[1], args, budget)
+                if tile:
+                    sr = super_resolve_array(model, lr, args.alpha, tile, args.tile_overlap,
+                                             args.tile_mode)
+                    writes.append((pool.submit(write_output, target, sr, args.format), source,
+                                   target))
+                    bar.update(1)
+                    continue
+                key = model.bucketed_lr_shape(*lr.shape[:2]) if model.bucket else lr.shape[:2]
+                groups.setdefault(key, []).append((source, target, lr))
+            flush()
+            collect_writes(wait=False)
+        collect_writes(wait=True)
+    stats = inference.CompileStats.since(stats_before)
+    print(f"[super_resolve] written {len(written)}; "
+          f"{inference.compile_summary(model, stats)}", file=sys.stderr)
+    run.last_summary = {"written": len(written), "compile_count": model.compile_count, **stats}
     if failed:
         raise SuperResolveError(f"written {len(written)}, failed {len(failed)}: "
                                 + ", ".join(failed))

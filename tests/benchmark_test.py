@@ -47,6 +47,20 @@ def test_benchmark_count_prints_primitive_counts_without_compiling():
         assert counts[phase]["total"] >= sum(v for k, v in counts[phase].items() if k != "total")
 
 
+def test_benchmark_inference_reports_latency_throughput_and_compiles():
+    env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    done = subprocess.run(
+        [sys.executable, "tools/benchmark.py", "--config=tiny", "--inference", "--dtypes=float32",
+         "--steps=1", "--inference_images=6"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = json.loads(done.stdout.strip().splitlines()[-1])["results"][0]
+    for key in ("latency_ms_128x128", "latency_ms_480x270", "folder_images_per_s", "compile_s"):
+        assert row[key] > 0, key
+    # 128x128, 480x270 (in its 288x480 bucket), and the folder's two BSD100 buckets.
+    assert row["compile_count"] == 4 and row["xla_compiles"] >= 4
+
+
 def _one_admm_step(dtype: str) -> dict[str, float]:
     import functools
 

@@ -9,6 +9,9 @@ from pathlib import Path
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# super_resolve / evaluate turn on JAX's persistent compilation cache under ~/.cache by default;
+# tests keep it off (tests/inference_test.py turns it on in a temporary folder).
+os.environ.setdefault("LFCSR_XLA_CACHE", "off")
 
 import pytest  # noqa: E402
 

@@ -7,6 +7,8 @@ training loop around them, and inference; plus a CPU-only count of the step's pr
   python tools/benchmark.py --count                           # jaxpr primitive counts (CPU ok)
   python tools/benchmark.py --loop=50                         # the training loop vs the bare step
   python tools/benchmark.py --profile=/tmp/prof               # device-time breakdown (GPU)
+  python tools/benchmark.py --inference                       # super_resolve/evaluate speed
+  python tools/benchmark.py --inference --config=tiny --dtypes=float32 --steps=2  # CPU smoke
   python tools/benchmark.py --config=tiny --batches=4 --dtypes=float32 --steps=3   # CPU smoke
 
 Prints ONE JSON line last. The steps are the ones training runs: built by
@@ -333,6 +335,60 @@ def bench_inference(config: Any, steps: int, lr_size: int = 128) -> dict[str, fl
             "inference_lr_size": lr_size}
 
 
+def bench_inference_program(config: Any, steps: int, folder_images: int = 100,
+                            batch: int = 0) -> dict[str, Any]:
+    """What super_resolve / evaluate run (lfcsr_jax/inference.py: bucketed exact forwards, params
+    cast once, batches of one bucket), on random params: latency at 128x128 and 480x270 LR (a
+    1080p output) with both stages, images/s over a folder of `folder_images` BSD100-size images
+    (synthetic, 120x80 and 80x120 LR), and the compile count and seconds of all of it."""
+    import jax
+    import numpy as np
+
+    from lfcsr_jax import inference
+    from lfcsr_jax.models import generator
+
+    stats = inference.CompileStats.snapshot()
+    cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in
+           (config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)).items()}
+    model_def = generator.build_lfcsr(cfg)
+    params = generator.init_params(model_def, jax.random.PRNGKey(5), lr_shape=(1, 16, 16, 3))
+    params = generator.cast_for_compute(params, generator.compute_dtype(cfg))
+    fns = inference._jitted_forwards(json.dumps(cfg, sort_keys=True))  # pylint: disable=protected-access
+    model = inference.LoadedModel(cfg, params, *fns)
+    rng = np.random.default_rng(0)
+    row: dict[str, Any] = {"dtype": cfg["dtype"], "mode": "inference"}
+    for name, (h, w) in (("128x128", (128, 128)), ("480x270", (270, 480))):
+        lr = rng.uniform(0, 255, (h, w, 3)).astype(np.float32)
+        start = time.perf_counter()
+        model.predict(lr)  # compile (or cache load) + one run
+        row[f"first_call_s_{name}"] = round(time.perf_counter() - start, 3)
+        _, median = _time_calls(lambda lr=lr: model.predict(lr), steps)
+        row[f"latency_ms_{name}"] = round(1e3 * median, 2)
+    sizes = [(120, 80) if k % 2 else (80, 120) for k in range(folder_images)]
+    folder = [rng.uniform(0, 255, (h, w, 3)).astype(np.float32) for h, w in sizes]
+    batch = batch or (1 if jax.default_backend() == "cpu" else 8)
+    groups: dict[tuple[int, int], list] = {}
+    for lr in folder:
+        groups.setdefault(model.bucketed_lr_shape(*lr.shape[:2]), []).append(lr)
+
+    def run_folder():
+        for members in groups.values():
+            for start in range(0, len(members), batch):
+                model.predict_batch(members[start:start + batch])
+
+    run_folder()  # warm-up: compiles each (bucket, batch) shape
+    start = time.perf_counter()
+    run_folder()
+    row["folder_images_per_s"] = round(folder_images / (time.perf_counter() - start), 2)
+    row.update({"folder_images": folder_images, "folder_batch": batch,
+                "compile_count": model.compile_count,
+                "compile_shapes": sorted(str(k) for k in model.compiled_shapes)})
+    spent = inference.CompileStats.since(stats)
+    row.update({"xla_compiles": spent["compiles"], "compile_s": spent["seconds"],
+                "peak_memory_gib": _peak_memory_gib()})
+    return row
+
+
 def _achieved_tflops(row: dict[str, Any], batch: int, paper_patches: bool) -> None:
     if not paper_patches:
         return
@@ -405,6 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile_steps", type=int, default=3)
     parser.add_argument("--runtime_flags", type=int, default=1,
                         help="1: the package's GPU runtime settings (lfcsr_jax/runtime.py)")
+    parser.add_argument("--inference", action="store_true",
+                        help="only the inference program (super_resolve/evaluate): latency at "
+                        "128x128 and 480x270 LR, images/s over a folder, compile count/seconds")
+    parser.add_argument("--inference_images", type=int, default=100,
+                        help="--inference: images in the synthetic BSD100-size folder")
+    parser.add_argument("--inference_batch", type=int, default=0,
+                        help="--inference: images per forward (0: 8 on GPU/TPU, 1 on CPU)")
     parser.add_argument("--isolate", type=int, default=1,
                         help="1: each (dtype, batch) in its own process, so peak memory is its own")
     return parser
@@ -423,7 +486,11 @@ def main(argv: list[str] | None = None) -> dict:
     import jax
 
     combos = [(d, int(b)) for d in args.dtypes.split(",") for b in args.batches.split(",")]
-    if args.isolate and len(combos) > 1 and not args.count:
+    if args.inference:
+        rows = [bench_inference_program(load_config(args.config, dtype, combos[0][1], args.set),
+                                        args.steps, args.inference_images, args.inference_batch)
+                for dtype in args.dtypes.split(",")]
+    elif args.isolate and len(combos) > 1 and not args.count:
         rows = [_run_isolated(args, dtype, batch, first=batch == combos[0][1])
                 for dtype, batch in combos]
     else:

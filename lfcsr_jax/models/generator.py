@@ -25,9 +25,11 @@ from lfcsr_jax.models.layers import (
     LayerAttention,
     ResCliqueBlock,
     ResidualGroup,
+    apply_mask,
     conv,
     mean_shift,
     pixel_shuffle,
+    upsample_mask,
 )
 
 Dtype = Any
@@ -51,7 +53,7 @@ class HAN(nn.Module):
     block_unroll: int = 1
     group_unroll: int = 1
 
-    def _upsample(self, x_BxhxwxC: jax.Array) -> jax.Array:
+    def _upsample(self, x_BxhxwxC: jax.Array, mask_Bxhxwx1: jax.Array | None) -> jax.Array:
         # EDSR Upsampler: log2(scale) x [conv C->4C, PixelShuffle(2)], or one [conv C->9C, PS(3)].
         if self.scale & (self.scale - 1) == 0:
             factors = [2] * int(math.log2(self.scale))
@@ -61,23 +63,31 @@ class HAN(nn.Module):
             raise ValueError(f"HAN: scale must be a power of 2 or 3, got {self.scale}")
         for i, factor in enumerate(factors):
             expand = conv(self.features * factor * factor, 3, self.dtype, f"upsample{i}")
-            x_BxhxwxC = pixel_shuffle(expand(x_BxhxwxC), factor)
+            # A masked map stays masked under the shuffle: padded pixels become padded blocks.
+            x_BxhxwxC = pixel_shuffle(apply_mask(expand(x_BxhxwxC), mask_Bxhxwx1), factor)
+            mask_Bxhxwx1 = upsample_mask(mask_Bxhxwx1, factor)
         return x_BxhxwxC
 
     @nn.compact
-    def __call__(self, lr_Bxhxwx3: jax.Array) -> jax.Array:
+    def __call__(self, lr_Bxhxwx3: jax.Array, mask_Bxhxwx1: jax.Array | None = None) -> jax.Array:
+        """`mask` (optional, 1 = valid pixel): `lr` is an image padded to a bucketed shape; every
+        layer's padding is zeroed and every mean runs over valid pixels, so the valid region of
+        the output equals the forward of the unpadded image (lfcsr_jax/inference.py)."""
+        m = mask_Bxhxwx1
         x = mean_shift(lr_Bxhxwx3, self.rgb_mean, self.rgb_range, -1.0).astype(self.dtype)
-        head_BxhxwxC = conv(self.features, 3, self.dtype, "head")(x)
+        x = apply_mask(x, m)
+        head_BxhxwxC = apply_mask(conv(self.features, 3, self.dtype, "head")(x), m)
 
         groups = nn.scan(
             ResidualGroup,
             variable_axes={"params": 0},
             split_rngs={"params": True},
+            in_axes=nn.broadcast,
             length=self.n_resgroups,
             unroll=self.group_unroll,
         )(self.n_resblocks, self.reduction, self.dtype, self.remat, self.block_unroll, name="groups")
-        last_group, group_outs_GxBxhxwxC = groups(head_BxhxwxC, None)
-        body_BxhxwxC = conv(self.features, 3, self.dtype, "body_conv")(last_group)
+        last_group, group_outs_GxBxhxwxC = groups(head_BxhxwxC, m)
+        body_BxhxwxC = apply_mask(conv(self.features, 3, self.dtype, "body_conv")(last_group), m)
 
         # The authors stack newest first: [body conv, group G-1, ..., group 0]; the order fixes
         # which input channels of the 11C->C conv see which layer.
@@ -86,15 +96,16 @@ class HAN(nn.Module):
         attended_BxNxhxwxC = LayerAttention(name="layer_attention")(layers_BxNxhxwxC)
         b, n, h, w, c = attended_BxNxhxwxC.shape
         attended_BxhxwxNC = attended_BxNxhxwxC.transpose(0, 2, 3, 1, 4).reshape(b, h, w, n * c)
-        layer_BxhxwxC = conv(self.features, 3, self.dtype, "layer_fuse")(attended_BxhxwxNC)
+        layer_BxhxwxC = apply_mask(
+            conv(self.features, 3, self.dtype, "layer_fuse")(attended_BxhxwxNC), m)
 
         spatial_BxhxwxC = ChannelSpatialAttention(self.dtype, name="channel_spatial_attention")(
             body_BxhxwxC
         )
         fused = jnp.concatenate([spatial_BxhxwxC, layer_BxhxwxC], axis=-1)
-        fused_BxhxwxC = conv(self.features, 3, self.dtype, "fuse")(fused) + head_BxhxwxC
+        fused_BxhxwxC = apply_mask(conv(self.features, 3, self.dtype, "fuse")(fused), m) + head_BxhxwxC
 
-        up_BxHxWxC = self._upsample(fused_BxhxwxC)
+        up_BxHxWxC = self._upsample(fused_BxhxwxC, m)
         sr = conv(3, 3, self.dtype, "tail")(up_BxHxWxC)
         return mean_shift(sr, self.rgb_mean, self.rgb_range, +1.0)
 
@@ -115,27 +126,33 @@ class ResClique(nn.Module):
     unroll: int = 1  # blocks per loop iteration (n_blocks = straight-line code); same math
 
     @nn.compact
-    def __call__(self, y_BxHxWx3: jax.Array) -> jax.Array:
+    def __call__(self, y_BxHxWx3: jax.Array, mask_BxHxWx1: jax.Array | None = None) -> jax.Array:
+        """`mask` (optional, 1 = valid pixel, at the input's resolution): a padded input whose
+        valid region has even height and width (x4 outputs always do), so the Haar blocks never
+        straddle its border; the layers are masked at band resolution (half the input's)."""
         x = mean_shift(y_BxHxWx3, self.rgb_mean, self.rgb_range, -1.0).astype(self.dtype)
+        x = apply_mask(x, mask_BxHxWx1)
+        m = None if mask_BxHxWx1 is None else mask_BxHxWx1[:, ::2, ::2]  # band resolution
         bands_Bxhxwx12 = wavelets.haar_dwt(x)  # orthonormal Haar = the authors' DWT_Haar.
-        skip_BxhxwxS = conv(self.stem, 3, self.dtype, "stem")(bands_Bxhxwx12)
-        feats_Bxhxwx4G = conv(4 * self.growth, 3, self.dtype, "expand")(skip_BxhxwxS)
+        skip_BxhxwxS = apply_mask(conv(self.stem, 3, self.dtype, "stem")(bands_Bxhxwx12), m)
+        feats_Bxhxwx4G = apply_mask(conv(4 * self.growth, 3, self.dtype, "expand")(skip_BxhxwxS), m)
 
         block = nn.remat(ResCliqueBlock) if self.remat else ResCliqueBlock
         blocks = nn.scan(
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
+            in_axes=nn.broadcast,
             length=self.n_blocks,
             unroll=self.unroll,
         )(self.growth, self.dtype, name="blocks")
-        _, outs_NxBxhxwx4G = blocks(feats_Bxhxwx4G, None)
+        _, outs_NxBxhxwx4G = blocks(feats_Bxhxwx4G, m)
         n, b, h, w, c = outs_NxBxhxwx4G.shape
         # torch.cat(mid_feats, dim=1): block-major channels, block 0 first.
         outs_BxhxwxN4G = outs_NxBxhxwx4G.transpose(1, 2, 3, 0, 4).reshape(b, h, w, n * c)
 
         fused = conv(self.stem, 1, self.dtype, "fuse")(outs_BxhxwxN4G)
-        fused_BxhxwxS = nn.leaky_relu(fused, negative_slope=0.01) + skip_BxhxwxS
+        fused_BxhxwxS = apply_mask(nn.leaky_relu(fused, negative_slope=0.01), m) + skip_BxhxwxS
         bands_out = conv(4 * 3, 3, self.dtype, "tail")(fused_BxhxwxS)
         out = wavelets.haar_idwt(bands_out)
         return mean_shift(out, self.rgb_mean, self.rgb_range, +1.0)
@@ -151,9 +168,12 @@ class LFcSR(nn.Module):
     objective: HAN
     perceptual: ResClique
 
-    def __call__(self, lr_Bxhxwx3: jax.Array) -> tuple[jax.Array, jax.Array]:
-        y_objective = self.objective(lr_Bxhxwx3)
-        y_perceptual = self.perceptual(y_objective)
+    def __call__(self, lr_Bxhxwx3: jax.Array, mask_Bxhxwx1: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
+        """`mask`: the LR valid-pixel mask of a bucketed input (HAN and ResClique docstrings)."""
+        y_objective = self.objective(lr_Bxhxwx3, mask_Bxhxwx1)
+        y_perceptual = self.perceptual(
+            y_objective, upsample_mask(mask_Bxhxwx1, self.objective.scale))
         return y_objective, y_perceptual
 
 
@@ -247,11 +267,17 @@ def cast_for_compute(params: Any, dtype: Dtype) -> Any:
         params)
 
 
-def apply_generator(model: nn.Module, params: Any, x: jax.Array) -> Any:
-    """`model.apply` (HAN, ResClique or LFcSR) with its params cast to the compute dtype once."""
+def apply_generator(model: nn.Module, params: Any, x: jax.Array,
+                    mask: jax.Array | None = None) -> Any:
+    """`model.apply` (HAN, ResClique or LFcSR) with its params cast to the compute dtype once.
+
+    `mask` (inference on bucketed shapes): the valid-pixel mask of `x`, see HAN/ResClique."""
     # Modules without a compute dtype (test stand-ins) run as given.
     dtype = getattr(model.objective if isinstance(model, LFcSR) else model, "dtype", jnp.float32)
-    return model.apply({"params": cast_for_compute(params, dtype)}, x)
+    variables = {"params": cast_for_compute(params, dtype)}
+    if mask is None:
+        return model.apply(variables, x)
+    return model.apply(variables, x, mask)
 
 
 def init_params(

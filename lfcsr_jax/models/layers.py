@@ -36,6 +36,25 @@ def conv(
     )
 
 
+def apply_mask(x_BxHxWxC: jax.Array, mask_BxHxWx1: jax.Array | None) -> jax.Array:
+    """Zeroes the padded region of a bucketed input (mask 1 = valid pixel, 0 = padding).
+
+    Inference runs images padded up to a few bucketed shapes (lfcsr_jax/inference.py). Zeroing
+    the padding after every layer makes each 'same' convolution see the zeros it would see at the
+    true border, so the cropped output equals the unpadded forward. None (training, exact shapes)
+    returns `x` untouched: no extra op in the graph."""
+    if mask_BxHxWx1 is None:
+        return x_BxHxWxC
+    return x_BxHxWxC * mask_BxHxWx1.astype(x_BxHxWxC.dtype)
+
+
+def upsample_mask(mask_BxHxWx1: jax.Array | None, factor: int) -> jax.Array | None:
+    """The valid-pixel mask at `factor` x the resolution (each pixel becomes a factor^2 block)."""
+    if mask_BxHxWx1 is None:
+        return None
+    return jnp.repeat(jnp.repeat(mask_BxHxWx1, factor, axis=1), factor, axis=2)
+
+
 def pixel_shuffle(x_BxHxWxC: jax.Array, factor: int = 2) -> jax.Array:
     """PyTorch PixelShuffle on NHWC: channel c*f*f + i*f + j -> pixel (f*y+i, f*x+j), channel c."""
     b, h, w, channels = x_BxHxWxC.shape
@@ -97,9 +116,14 @@ class ChannelAttention(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    def __call__(self, x_BxHxWxC: jax.Array, mask_BxHxWx1: jax.Array | None = None) -> jax.Array:
+        """`mask` (1 = valid): the pool is the mean over valid pixels; `x` must be 0 elsewhere."""
         channels = x_BxHxWxC.shape[-1]
-        pooled_BxC = jnp.mean(x_BxHxWxC.astype(jnp.float32), axis=(1, 2))
+        if mask_BxHxWx1 is None:
+            pooled_BxC = jnp.mean(x_BxHxWxC.astype(jnp.float32), axis=(1, 2))
+        else:
+            count_Bx1 = jnp.maximum(jnp.sum(mask_BxHxWx1.astype(jnp.float32), axis=(1, 2)), 1.0)
+            pooled_BxC = jnp.sum(x_BxHxWxC.astype(jnp.float32), axis=(1, 2)) / count_Bx1
         y_BxR = nn.relu(PooledDense(channels // self.reduction, name="squeeze")(pooled_BxC))
         y_BxC = PooledDense(channels, name="excite")(y_BxR)
         scale_Bx1x1xC = nn.sigmoid(y_BxC).astype(x_BxHxWxC.dtype)[:, None, None, :]
@@ -107,18 +131,21 @@ class ChannelAttention(nn.Module):
 
 
 class RCAB(nn.Module):
-    """Residual channel-attention block; a scan body: (carry, _) -> (carry, None)."""
+    """Residual channel-attention block; a scan body: (carry, mask) -> (carry, None).
+
+    The scan broadcasts `mask` (None, or the valid-pixel mask of a bucketed input) to every block."""
 
     reduction: int = 16
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x_BxHxWxC: jax.Array, _: Any = None) -> tuple[jax.Array, None]:
+    def __call__(self, x_BxHxWxC: jax.Array, mask_BxHxWx1: jax.Array | None = None
+                 ) -> tuple[jax.Array, None]:
         channels = x_BxHxWxC.shape[-1]
         y = conv(channels, 3, self.dtype, "conv1")(x_BxHxWxC)
-        y = nn.relu(y)
-        y = conv(channels, 3, self.dtype, "conv2")(y)
-        y = ChannelAttention(self.reduction, self.dtype, name="attention")(y)
+        y = apply_mask(nn.relu(y), mask_BxHxWx1)
+        y = apply_mask(conv(channels, 3, self.dtype, "conv2")(y), mask_BxHxWx1)
+        y = ChannelAttention(self.reduction, self.dtype, name="attention")(y, mask_BxHxWx1)
         return x_BxHxWxC + y, None
 
 
@@ -133,24 +160,29 @@ class ResidualGroup(nn.Module):
     unroll: int = 1  # RCABs per loop iteration; n_resblocks = straight-line code, no loop
 
     @nn.compact
-    def __call__(self, x_BxHxWxC: jax.Array, _: Any = None) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, x_BxHxWxC: jax.Array, mask_BxHxWx1: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
         block = nn.remat(RCAB) if self.remat else RCAB
         blocks = nn.scan(
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
+            in_axes=nn.broadcast,
             length=self.n_resblocks,
             unroll=self.unroll,
         )(self.reduction, self.dtype, name="blocks")
-        y, _ = blocks(x_BxHxWxC, None)
-        y = conv(x_BxHxWxC.shape[-1], 3, self.dtype, "conv")(y)
+        y, _ = blocks(x_BxHxWxC, mask_BxHxWx1)
+        y = apply_mask(conv(x_BxHxWxC.shape[-1], 3, self.dtype, "conv")(y), mask_BxHxWx1)
         out = x_BxHxWxC + y
         return out, out
 
 
 class LayerAttention(nn.Module):
     """HAN's LAM over N feature maps (B, N, H, W, C): out = gamma * softmax(rowmax(E) - E) Q + Q,
-    E = Q Q^T with Q the (B, N, HWC) flattening. gamma is a scalar initialised to 0."""
+    E = Q Q^T with Q the (B, N, HWC) flattening. gamma is a scalar initialised to 0.
+
+    On a bucketed (padded) input no mask is needed: the padding is zero in every map, so it adds
+    nothing to E (a sum, not a mean), and gamma * A Q + Q stays zero there."""
 
     @nn.compact
     def __call__(self, features_BxNxHxWxC: jax.Array) -> jax.Array:
@@ -189,7 +221,9 @@ class ChannelSpatialAttention(nn.Module):
     """HAN's CSAM: M = sigmoid(Conv3d_{1->1, 3x3x3}(F)) over (channel, h, w); out = F * gamma*M + F.
 
     The 3D conv runs as one banded 2D conv C->C (same MACs as a dense conv, GPU-friendly) instead
-    of a 1-channel 3D conv. Its kernel is stored as Flax's 3D layout (D, H, W, in=1, out=1)."""
+    of a 1-channel 3D conv. Its kernel is stored as Flax's 3D layout (D, H, W, in=1, out=1).
+    On a bucketed input with zero padding the output is zero there too (F * (...) + F with F = 0),
+    and the conv sees the true border's zeros, so it needs no mask."""
 
     dtype: Dtype = jnp.float32
 
@@ -224,24 +258,26 @@ class ResCliqueBlock(nn.Module):
     growth: int = 32
     dtype: Dtype = jnp.float32
 
-    def _unit(self, name: str, *inputs: jax.Array) -> jax.Array:
+    def _unit(self, name: str, mask: jax.Array | None, *inputs: jax.Array) -> jax.Array:
         x = jnp.concatenate(inputs, axis=-1) if len(inputs) > 1 else inputs[0]
-        x = conv(self.growth, 3, self.dtype, f"{name}_conv")(x)
-        return PReLU(name=f"{name}_act")(x)
+        x = apply_mask(conv(self.growth, 3, self.dtype, f"{name}_conv")(x), mask)
+        return PReLU(name=f"{name}_act")(x)  # PReLU(0) = 0: the padding stays zero
 
     @nn.compact
-    def __call__(self, x_BxHxWx4G: jax.Array, _: Any = None) -> tuple[jax.Array, jax.Array]:
-        g = self.growth
+    def __call__(self, x_BxHxWx4G: jax.Array, mask_BxHxWx1: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
+        """`mask`: None, or the valid-pixel mask at band resolution (broadcast by the scan)."""
+        g, m = self.growth, mask_BxHxWx1
         if x_BxHxWx4G.shape[-1] != 4 * g:
             raise ValueError(f"ResCliqueBlock: expected {4 * g} channels, got {x_BxHxWx4G.shape}")
         ll0, lh0, hl0, hh0 = (x_BxHxWx4G[..., k * g : (k + 1) * g] for k in range(4))
-        ll1 = self._unit("ll1", ll0)
-        lh1 = self._unit("lh1", ll1, lh0)
-        hl1 = self._unit("hl1", ll1, hl0)
-        hh1 = self._unit("hh1", ll1, lh1, hl1, hh0)
-        hh2 = self._unit("hh2", hh1)
-        hl2 = self._unit("hl2", hl1, hh2)
-        lh2 = self._unit("lh2", lh1, hh2)
-        ll2 = self._unit("ll2", ll1, lh2, hl2, hh2)
+        ll1 = self._unit("ll1", m, ll0)
+        lh1 = self._unit("lh1", m, ll1, lh0)
+        hl1 = self._unit("hl1", m, ll1, hl0)
+        hh1 = self._unit("hh1", m, ll1, lh1, hl1, hh0)
+        hh2 = self._unit("hh2", m, hh1)
+        hl2 = self._unit("hl2", m, hl1, hh2)
+        lh2 = self._unit("lh2", m, lh1, hh2)
+        ll2 = self._unit("ll2", m, ll1, lh2, hl2, hh2)
         out = jnp.concatenate([ll2, lh2, hl2, hh2], axis=-1) + x_BxHxWx4G
         return out, out
