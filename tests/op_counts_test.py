@@ -4,7 +4,6 @@ step fails here, without a GPU (tools/PERF_NOTES.md has the before/after figures
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
