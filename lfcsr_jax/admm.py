@@ -50,7 +50,7 @@ from lfcsr_jax import losses, schedules
 from lfcsr_jax.constraint import constraint_transform
 from lfcsr_jax.models.generator import apply_generator
 from lfcsr_jax.train_state import Networks, TrainState
-from lfcsr_jax.updates import all_finite, apply_update, batch_images, prefixed, select_tree
+from lfcsr_jax.updates import apply_update, batch_images, finish_step, prefixed
 
 Params = Any
 Metrics = dict[str, jax.Array]
@@ -291,10 +291,6 @@ def admm_step(
     metrics["admm/s_rms"] = jnp.sqrt(jnp.mean(dual_s * dual_s))
     metrics["learning_rate/generator"] = generator_learning_rate
     metrics["learning_rate/discriminator"] = disc_learning_rate
-    ok = all_finite(lr_images, hr, metrics)
-    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
-    metrics["all_finite"] = ok
-
     updated = dict(
         new,
         discriminator_params=d_params,
@@ -302,11 +298,5 @@ def admm_step(
         discriminator_opt_state=d_opt,
         dual_s=dual_s,
     )
-    current = {name: getattr(state, name) for name in updated}
-    new_state = state.replace(
-        step=state.step + 1,
-        admm_count=state.admm_count + 1,
-        **select_tree(ok, updated, current),
-    )
-    return new_state, metrics
+    return finish_step(state, updated, metrics, (lr_images, hr), counter="admm_count")
 

@@ -1,8 +1,6 @@
-"""Visual diagnostics: the perception-distortion plane, Haar subband views, LL-difference maps.
+"""Visual diagnostics: Haar subband views and LL-difference maps (the perception-distortion
+plane is drawn by pd_plane.plot).
 
-- `plot_pd_plane`: PSNR (up = better) against a perceptual metric (LPIPS or NIQE, left = better) for
-  the alpha curve Y = alpha Y' + (1 - alpha) Y (paper Eq. 14, Fig. 3), the bicubic point and any
-  reference points (e.g. the paper's Table 1).
 - `save_subband_views`: LL and HH of one Haar level of the luma of Y', Y and HR (paper Fig. 5).
 - `save_ll_difference_maps`: |LL(Y') - LL(HR)| and |LL(Y) - LL(HR)| on one colour scale (Fig. 7);
   PD-ADMM should make the two maps alike (the LF content of Y follows Y').
@@ -12,56 +10,21 @@ All figures are written with matplotlib's Agg backend (no display needed).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
 from lfcsr_jax import metrics
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib  # pylint: disable=import-outside-toplevel
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
     return plt
-
-
-def _alpha_of(label: str) -> float | None:
-    return float(label.split("=", 1)[1]) if label.startswith("alpha=") else None
-
-
-def plot_pd_plane(rows: Mapping[str, Mapping[str, float]], path: str | Path, x_metric: str = "lpips",
-                  title: str = "", references: Sequence[Mapping[str, Any]] = ()) -> Path:
-    """PSNR vs `x_metric` for rows labelled 'alpha=a' (a curve) and 'bicubic' (a point)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
-    curve = sorted((a, r) for label, r in rows.items() if (a := _alpha_of(label)) is not None)
-    if curve:
-        xs = [r[x_metric] for _, r in curve]
-        ys = [r["psnr"] for _, r in curve]
-        ax.plot(xs, ys, "o-", color="tab:blue", label="alpha Y' + (1 - alpha) Y")
-        for (alpha, _), x, y in zip(curve, xs, ys):
-            if alpha in (0.0, 0.5, 1.0):
-                name = {0.0: "Y (alpha=0)", 1.0: "Y' (alpha=1)"}.get(alpha, f"alpha={alpha:g}")
-                ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    if "bicubic" in rows:
-        ax.plot(rows["bicubic"][x_metric], rows["bicubic"]["psnr"], "s", color="gray", label="bicubic")
-    for point in references:
-        if x_metric in point:
-            ax.plot(point[x_metric], point["psnr"], "*", markersize=11, label=point["label"])
-    ax.set_xlabel(f"{x_metric.upper()} ({'higher' if x_metric == 'ssim' else 'lower'} is better)")
-    ax.set_ylabel("PSNR-Y (dB)")
-    ax.set_title(f"Perception-distortion plane {title}".strip())
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def haar_bands_of_luma(img: np.ndarray) -> dict[str, np.ndarray]:
@@ -78,7 +41,7 @@ def haar_bands_of_luma(img: np.ndarray) -> dict[str, np.ndarray]:
 
 def save_subband_views(images: Mapping[str, np.ndarray], path: str | Path, title: str = "") -> Path:
     """A grid: one row per image (e.g. Y', Y, HR), columns LL (gray) and |HH| (shared scale)."""
-    plt = _pyplot()
+    plt = pyplot()
     bands = {name: haar_bands_of_luma(img) for name, img in images.items()}
     hh_max = max(float(np.percentile(np.abs(b["HH"]), 99.5)) for b in bands.values()) or 1.0
     fig, axes = plt.subplots(len(bands), 2, figsize=(6, 3 * len(bands)), dpi=110, squeeze=False)
@@ -103,7 +66,7 @@ def ll_difference_maps(outputs: Mapping[str, np.ndarray], hr: np.ndarray) -> dic
 def save_ll_difference_maps(outputs: Mapping[str, np.ndarray], hr: np.ndarray, path: str | Path,
                             title: str = "") -> Path:
     """Side-by-side LL-difference maps against HR on one colour scale, with their means."""
-    plt = _pyplot()
+    plt = pyplot()
     maps = ll_difference_maps(outputs, hr)
     vmax = max(float(np.percentile(m, 99.5)) for m in maps.values()) or 1.0
     fig, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 4), dpi=110, squeeze=False)

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lfcsr_jax import metrics
+from lfcsr_jax import inference, metrics
 from lfcsr_jax.cli_errors import UserError, check_output_dir, reports_user_errors
 
 DEFAULT_DATASETS = "Set5,Set14,BSD100,Urban100,Manga109"
@@ -303,9 +303,7 @@ def _fmt(metric: str, value: float | None) -> str:
 
 
 def write_reports(output_dir: Path, results: dict[str, Any], suite: MetricSuite,
-                  info: dict[str, Any], references: list[dict[str, Any]]) -> list[Path]:
-    from lfcsr_jax import diagnostics  # pylint: disable=import-outside-toplevel
-
+                  info: dict[str, Any]) -> list[Path]:
     output_dir.mkdir(parents=True, exist_ok=True)
     table = format_table(results, suite.names)
     notes = [f"- {name}: unavailable: {why}" for name, why in suite.unavailable.items()]
@@ -321,13 +319,7 @@ def write_reports(output_dir: Path, results: dict[str, Any], suite: MetricSuite,
     payload = {"info": info, "unavailable": suite.unavailable, "results": results}
     (output_dir / "results.json").write_text(json.dumps(payload, indent=1, default=_json_default))
     written = [output_dir / "table.md", output_dir / "results.csv", output_dir / "results.json"]
-    x_metric = next((m for m in ("lpips", "niqe", "ssim") if m in suite.names), None)
-    if "psnr" in suite.names and x_metric is not None:
-        for dataset, result in results.items():
-            path = output_dir / f"pd_plane_{dataset}.png"
-            diagnostics.plot_pd_plane(result["rows"], path, x_metric=x_metric, title=dataset,
-                                      references=[p for p in references if p["dataset"] == dataset])
-            written.append(path)
+    # The PD planes are drawn once, with every source, by analyses.Extras.write (pd_plane.plot).
     return written
 
 
@@ -359,15 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Haar LL/HH views and LL-difference maps per image (paper Figs. 5, 7)")
     p.add_argument("--reference_points", default="", help="'paper' or a JSON file for the plot")
     p.add_argument("--scale", type=int, default=4)
-    p.add_argument("--dtype", default="auto", choices=("", "auto", "float32", "bfloat16", "float16"),
-                   help="compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | "
-                   "bfloat16 | float16")
-    p.add_argument("--bucket", type=int, default=32,
-                   help="run images padded (exactly, masked) to bucketed shapes in steps of this "
-                   "many LR pixels: few compiles for many sizes (0 = exact shapes)")
-    p.add_argument("--xla_cache_dir", default="",
-                   help="persistent compilation cache (default: $LFCSR_XLA_CACHE, else "
-                   "~/.cache/lfcsr_jax/xla; 'off' disables it)")
+    inference.add_flags(p)  # --dtype, --bucket, --xla_cache_dir
     p.add_argument("--max_images", type=int, default=0, help="first N images per set (0 = all)")
     from lfcsr_jax import analyses  # pylint: disable=import-outside-toplevel
 
@@ -443,7 +427,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(table)
     files = []
     if args.output_dir:
-        files = write_reports(Path(args.output_dir), results, suite, info, references)
+        files = write_reports(Path(args.output_dir), results, suite, info)
         files += extras.write(Path(args.output_dir), results, suite, info, references)
     return {"results": results, "table": table, "unavailable": suite.unavailable, "files": files,
             "missing_datasets": missing, "compiles": info.get("compiles")}

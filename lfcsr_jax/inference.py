@@ -48,6 +48,20 @@ class InferenceError(UserError):
 # ----------------------------------------------------------------------------- dtype
 
 
+def add_flags(parser: Any) -> None:
+    """--dtype, --bucket and --xla_cache_dir: how super_resolve and evaluate run the generators."""
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                        help="compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU) | "
+                        + " | ".join(DTYPES))
+    parser.add_argument("--bucket", type=int, default=BUCKET,
+                        help="run images padded (exactly, masked) to bucketed shapes in steps of "
+                        "this many LR pixels, so many sizes compile a few shapes (0 = exact "
+                        "shapes, one compile per size)")
+    parser.add_argument("--xla_cache_dir", default="",
+                        help="persistent compilation cache (default: $LFCSR_XLA_CACHE, else "
+                        "~/.cache/lfcsr_jax/xla; 'off' disables it)")
+
+
 def default_dtype(backend: str | None = None) -> str:
     """bfloat16 on accelerators (GPU, TPU), float32 on CPU."""
     if backend is None:

@@ -121,7 +121,7 @@ def plot(rows: Mapping[str, Mapping[str, float]], path: str | Path, x_metric: st
     """Writes the PD plane of one dataset's rows (evaluate's labels) to `path` (PNG)."""
     from lfcsr_jax import diagnostics  # pylint: disable=import-outside-toplevel
 
-    plt = diagnostics._pyplot()  # pylint: disable=protected-access
+    plt = diagnostics.pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     curve = _curve_of(rows, "alpha=")
     if curve:

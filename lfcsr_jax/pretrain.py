@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from lfcsr_jax import losses, schedules
 from lfcsr_jax.models.generator import apply_generator
 from lfcsr_jax.train_state import Networks, TrainState, generator_params
-from lfcsr_jax.updates import all_finite, apply_update, batch_images, select_tree
+from lfcsr_jax.updates import apply_update, batch_images, finish_step
 
 Params = Any
 Metrics = dict[str, jax.Array]
@@ -49,19 +48,10 @@ def pretrain_step(
         "grad_norm/perceptual": optax.tree.norm(grads["perceptual"]),
         "learning_rate/pretrain": learning_rate,
     }
-    ok = all_finite(lr_images, hr, metrics)
-    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
-    metrics["all_finite"] = ok
     updated = dict(
         objective_params=new_generators["objective"],
         perceptual_params=new_generators["perceptual"],
         pretrain_opt_state=new_opt,
     )
-    current = {name: getattr(state, name) for name in updated}
-    new_state = state.replace(
-        step=state.step + 1,
-        pretrain_count=state.pretrain_count + 1,
-        **select_tree(ok, updated, current),
-    )
-    return new_state, metrics
+    return finish_step(state, updated, metrics, (lr_images, hr), counter="pretrain_count")
 

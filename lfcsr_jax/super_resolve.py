@@ -63,7 +63,6 @@ from lfcsr_jax import inference
 from lfcsr_jax.cli_errors import check_output_dir, reports_user_errors
 
 OUTPUT_FORMATS = ("png", "npy")
-DTYPES = inference.DTYPES
 # Suffixes that show --output was meant as one file (of a format we do not write).
 _FILE_LIKE_SUFFIXES = (".png", ".npy", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm",
                        ".gif")
@@ -300,22 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile_overlap", type=int, default=32, help="LR pixels shared by neighbours")
     p.add_argument("--tile_mode", default="both", choices=TILE_MODES,
                    help="both: tile both stages (approximate); perceptual: tile only G_P (exact)")
-    p.add_argument("--dtype", default="auto", choices=inference.DTYPE_CHOICES,
-                   help="compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU) | "
-                   + " | ".join(DTYPES))
-    p.add_argument("--bucket", type=int, default=inference.BUCKET,
-                   help="run images padded (exactly, masked) to bucketed shapes in steps of this "
-                   "many LR pixels, so a folder of many sizes compiles a few shapes (0 = exact "
-                   "shapes, one compile per size)")
+    inference.add_flags(p)  # --dtype, --bucket, --xla_cache_dir
     p.add_argument("--batch", type=int, default=0,
                    help="images of one bucket per forward, at most (0 = auto: 8 on GPU/TPU, "
                    "bounded by free memory; 1 on CPU)")
     p.add_argument("--memory_budget", default="",
                    help="bytes the forward may use, e.g. 2G (default: $LFCSR_MEMORY_BUDGET, else "
                    "the device's free memory; none on CPU)")
-    p.add_argument("--xla_cache_dir", default="",
-                   help="persistent compilation cache (default: $LFCSR_XLA_CACHE, else "
-                   "~/.cache/lfcsr_jax/xla; 'off' disables it)")
     p.add_argument("--format", default="png", choices=OUTPUT_FORMATS)
     p.add_argument("--fail_fast", action="store_true",
                    help="stop at the first unreadable or unwritable file (default: report it, "
@@ -376,7 +366,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     budget = inference.free_device_memory(args.memory_budget)
     inference.configure_compilation_cache(getattr(args, "xla_cache_dir", ""))
     stats_before = inference.CompileStats.snapshot()
-    model = load_model(args.checkpoint, args.dtype, getattr(args, "bucket", inference.BUCKET))
+    model = load_model(args.checkpoint, args.dtype, args.bucket)
     targets = plan_outputs(files, args.output, args.format, model.scale)
     radius = perceptual_receptive_radius(model.config)
     if args.tile and args.tile_mode == "perceptual" and args.tile_overlap < 4 * radius:

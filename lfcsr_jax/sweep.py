@@ -158,7 +158,7 @@ def write_outputs(workdir: Path, field: str, settings: list[dict[str, Any]]) -> 
         [{"value": s["value"], "dir": str(s["dir"]), "results": s["results"]["results"]}
          for s in settings], indent=1))
     print("\n".join(lines), flush=True)
-    plt = diagnostics._pyplot()  # pylint: disable=protected-access
+    plt = diagnostics.pyplot()
     x_metric = pd_plane.x_metric_of(metric_names)
     values = [s["value"] for s in settings]
     for d in datasets:

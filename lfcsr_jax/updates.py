@@ -39,3 +39,16 @@ def select_tree(keep_new: jax.Array, new: Any, old: Any) -> Any:
 def prefixed(prefix: str, terms: Metrics) -> Metrics:
     return {f"{prefix}/{name}": jnp.asarray(value, jnp.float32) for name, value in terms.items()}
 
+
+def finish_step(state: Any, updated: dict[str, Any], metrics: Metrics, inputs: tuple,
+                counter: str) -> tuple[Any, Metrics]:
+    """The end every step shares: float32 metrics plus 'all_finite'; the `updated` state fields
+    applied only when the inputs and metrics are finite (else the old values stay); `step` and
+    the phase's `counter` advance either way."""
+    ok = all_finite(*inputs, metrics)
+    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+    metrics["all_finite"] = ok
+    current = {name: getattr(state, name) for name in updated}
+    new_state = state.replace(step=state.step + 1, **{counter: getattr(state, counter) + 1},
+                              **select_tree(ok, updated, current))
+    return new_state, metrics
