@@ -1,3 +1,10 @@
 """lfcsr_jax: LFc-SR super-resolution trained with PD-ADMM, in JAX/Flax."""
 
+import os as _os
+
+# gs:// through fsspec/gcsfs rather than TensorFlow's gfile; set before anything picks a backend.
+# Why, and how to opt out: lfcsr_jax/paths.py.
+_os.environ.setdefault("EPATH_USE_TF", "0")
+_os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
 __version__ = "0.1.0"

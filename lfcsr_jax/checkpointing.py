@@ -3,9 +3,11 @@
 Export layout (what `evaluate`, `super_resolve` and `convert pdasr` read and write):
   EXPORT_DIR/config.json   {"model": <model config dict>, "format": "lfcsr_jax.export/1", ...}
   EXPORT_DIR/params/       an Orbax StandardCheckpointer tree {"objective": ..., "perceptual": ...}
-Writes go to a temporary sibling (`.<name>.tmp-*`) first and are renamed into place, so a crash
-never leaves a half-written export behind; a sibling left by a killed export is removed by the
-next export to the same place. A corrupt export (unreadable config.json, truncated or random
+On a local disk, writes go to a temporary sibling (`.<name>.tmp-*`) first and are renamed into
+place, so a crash never leaves a half-written export behind; a sibling left by a killed export is
+removed by the next export to the same place. On gs:// a folder cannot be renamed (docs/design.md,
+section 14): the export is written in place, config.json last, and config.json is removed first
+when an export is replaced, so a reader that finds config.json finds a complete export. A corrupt export (unreadable config.json, truncated or random
 params/) raises CheckpointError naming the file.
 """
 
@@ -17,14 +19,15 @@ import shutil
 import sys
 import threading
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lfcsr_jax import paths
 from lfcsr_jax.cli_errors import UserError
+from lfcsr_jax.paths import Path
 
 EXPORT_FORMAT = "lfcsr_jax.export/1"
 GENERATOR_KEYS = ("objective", "perceptual")
@@ -52,21 +55,24 @@ def save_export(
     overwrite: bool = False,
 ) -> Path:
     """Writes generator params + model config atomically; returns the export directory."""
-    target = Path(directory).absolute()
+    target = paths.location(directory)
     _check_generator_tree(generator_params, str(target))
     if target.exists() and not overwrite:
         raise CheckpointError(f"{target}: already exists; pass overwrite=True to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
+    host_params = jax.tree_util.tree_map(np.asarray, generator_params)
+    info = {"format": EXPORT_FORMAT, "model": _jsonable(model_config)}
+    info.update(extra_info or {})
+    if paths.is_remote(target):
+        _save_export_in_place(target, host_params, info)
+        return target
     _remove_stale_staging(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; an export is an ordinary folder
-        host_params = jax.tree_util.tree_map(np.asarray, generator_params)
         checkpointer = _this_process_only_checkpointer()
         checkpointer.save(staging / "params", host_params)
         checkpointer.wait_until_finished()
-        info = {"format": EXPORT_FORMAT, "model": _jsonable(model_config)}
-        info.update(extra_info or {})
         (staging / "config.json").write_text(json.dumps(info, indent=2, sort_keys=True))
         if target.exists():
             shutil.rmtree(target)
@@ -77,9 +83,22 @@ def save_export(
     return target
 
 
+def _save_export_in_place(target: Path, host_params: Any, info: dict[str, Any]) -> None:
+    """The object-store export: config.json is the completion marker, removed first and written
+    last, because a GCS "rename" of a folder is a copy of each object and is not atomic."""
+    marker = target / "config.json"
+    if marker.exists():
+        marker.unlink()
+    paths.remove_tree(target)
+    checkpointer = _this_process_only_checkpointer()
+    checkpointer.save(target / "params", host_params)
+    checkpointer.wait_until_finished()
+    paths.write_text_atomic(marker, json.dumps(info, indent=2, sort_keys=True))
+
+
 def load_export(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     """Reads an export: returns (model config dict, generator params as numpy arrays)."""
-    source = Path(directory).absolute()
+    source = paths.location(directory)
     config_file = source / "config.json"
     if not source.is_dir():
         raise CheckpointError(f"{source}: no such export directory")
@@ -209,7 +228,7 @@ class TrainCheckpoints:
 
     def __init__(self, directory: str | os.PathLike, keep: int,
                  best_metrics: dict[str, str] | None = None):
-        self.directory = Path(directory).absolute()
+        self.directory = paths.location(directory)
         self._latest = ocp.CheckpointManager(
             self.directory / "latest",
             options=ocp.CheckpointManagerOptions(

@@ -29,3 +29,33 @@ def shared_data() -> Path:
             "checkout; set LFCSR_SHARED_DATA to point elsewhere)"
         )
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A local GCS emulator with every client of this process (and its children) pointed at it;
+    skips with the reason when the emulator package (the `test` extra) is not installed."""
+    pytest.importorskip("gcp_storage_emulator", reason="gcp-storage-emulator is not installed "
+                        "(pip install -e '.[test]')")
+    from tests.gcs_emulator import Emulator, client_environment
+
+    emulator = Emulator()
+    saved = {k: os.environ.get(k) for k in client_environment(emulator.endpoint)}
+    os.environ.update(client_environment(emulator.endpoint))
+    yield emulator
+    emulator.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def gcs_root(gcs_emulator, request) -> str:
+    """A fresh gs:// prefix for one test in the emulator's bucket."""
+    import uuid
+
+    from tests.gcs_emulator import BUCKET
+
+    return f"gs://{BUCKET}/{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"

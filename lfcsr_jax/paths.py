@@ -1,0 +1,93 @@
+"""One path type for every location a user gives: local paths and object-store URIs (gs://).
+
+Every program reads and writes user-given locations through `etils.epath.Path` (docs/design.md,
+section 14). Local paths behave exactly as `pathlib.Path`; `gs://bucket/...` goes to Cloud
+Storage. For gs:// we make epath use fsspec/gcsfs instead of TensorFlow's gfile: gcsfs honours
+`STORAGE_EMULATOR_HOST`, so the very client a TPU VM uses is the one the tests run against a local
+GCS emulator, whereas TensorFlow's GCS client has its endpoint compiled in. A user who sets
+`EPATH_USE_TF` keeps their choice.
+
+What "atomic" means on each store (see `write_bytes_atomic`, `replace_directory`):
+- local: a temporary sibling, fsync, then `os.replace`; readers see the old or the new file.
+- gs://: a single-object upload becomes visible whole, on completion, or not at all, so one file
+  is written in place. A folder cannot be renamed on GCS (a "rename" copies each object), so
+  folders are written in place with a completion marker written last (see checkpointing.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Must precede etils' first choice of a gs:// backend (cached once per process).
+os.environ.setdefault("EPATH_USE_TF", "0")
+# gcsfs' bucket-type probe needs the Storage Control API (absent from emulators and offline
+# hosts) and only serves zonal buckets, which this project does not use.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+import tempfile  # noqa: E402
+from typing import Union  # noqa: E402
+
+from etils import epath  # noqa: E402
+
+Path = epath.Path
+PathLike = Union[str, os.PathLike]
+
+
+def is_remote(path: PathLike) -> bool:
+    """True for object-store URIs (gs://, s3://, ...), False for local paths."""
+    return "://" in os.fspath(path)
+
+
+def location(text: PathLike) -> epath.Path:
+    """A user-given location as the one path type: a local path gets `~` expanded and becomes
+    absolute (so it survives a chdir); a URI is kept as given (no `absolute()` on a URI)."""
+    raw = os.fspath(text)
+    if is_remote(raw):
+        return epath.Path(raw.rstrip("/"))
+    return epath.Path(os.path.abspath(os.path.expanduser(raw)))
+
+
+def local_path(path: PathLike) -> str:
+    """The path as a local filename; raises ValueError for a URI (for libraries that need one)."""
+    if is_remote(path):
+        raise ValueError(f"{os.fspath(path)}: needs a local path, not an object-store URI")
+    return os.fspath(path)
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> None:
+    """Readers see the old file or the whole new one, never a part (see the module note)."""
+    target = location(path)
+    if is_remote(target):
+        target.write_bytes(data)  # one object upload: all or nothing
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=os.fspath(target.parent))
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, os.fspath(target))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def remove_tree(path: PathLike) -> None:
+    """Removes a folder and everything under it; nothing happens when it does not exist."""
+    target = location(path)
+    if target.exists():
+        target.rmtree()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,74 @@
+"""gs:// locations against a local Cloud Storage emulator (tests/gcs_emulator.py).
+
+Layers covered here through the emulator: etils.epath with gcsfs (every file the programs open)
+and TensorStore (Orbax's array files). Not covered: TensorFlow's own GCS client, used by
+tf.summary (TensorBoard event files) and by TFDS's TFRecord readers; its endpoint is compiled in
+(no emulator setting), so those two stay tested on local paths only.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lfcsr_jax import checkpointing, paths
+
+
+def test_location_keeps_uris_and_makes_local_paths_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert str(paths.location("gs://bucket/run/")) == "gs://bucket/run"
+    assert str(paths.location("run")) == str(tmp_path / "run")
+    assert paths.is_remote("gs://b/x") and not paths.is_remote(tmp_path)
+    with pytest.raises(ValueError, match="gs://b/x"):
+        paths.local_path("gs://b/x")
+
+
+def test_atomic_write_local_replaces_whole_file_and_leaves_no_temporaries(tmp_path):
+    target = tmp_path / "a.json"
+    paths.write_text_atomic(target, "old")
+    paths.write_text_atomic(target, "new")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_atomic_write_and_read_back_on_gcs(gcs_root):
+    target = paths.location(f"{gcs_root}/sub/a.txt")
+    paths.write_text_atomic(target, "hello")
+    assert target.read_text() == "hello"
+    assert paths.location(gcs_root).joinpath("sub").is_dir()
+    paths.remove_tree(f"{gcs_root}/sub")
+    assert not target.exists()
+
+
+def _generator_tree(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {name: {"conv": {"kernel": rng.normal(size=(3, 3, 2, 4)).astype(np.float32)}}
+            for name in checkpointing.GENERATOR_KEYS}
+
+
+def test_export_round_trip_and_replacement_on_gcs(gcs_root):
+    export = f"{gcs_root}/export"
+    checkpointing.save_export(export, _generator_tree(0), {"n_feats": 4})
+    model, params = checkpointing.load_export(export)
+    assert model == {"n_feats": 4}
+    np.testing.assert_array_equal(params["objective"]["conv"]["kernel"],
+                                  _generator_tree(0)["objective"]["conv"]["kernel"])
+    with pytest.raises(checkpointing.CheckpointError, match="already exists"):
+        checkpointing.save_export(export, _generator_tree(1), {"n_feats": 4})
+    checkpointing.save_export(export, _generator_tree(1), {"n_feats": 8}, overwrite=True)
+    model, params = checkpointing.load_export(export)
+    assert model == {"n_feats": 8}
+    np.testing.assert_array_equal(params["perceptual"]["conv"]["kernel"],
+                                  _generator_tree(1)["perceptual"]["conv"]["kernel"])
+    info = json.loads(paths.location(export).joinpath("config.json").read_text())
+    assert info["format"] == checkpointing.EXPORT_FORMAT
+
+
+def test_export_without_its_marker_is_refused_on_gcs(gcs_root):
+    export = paths.location(f"{gcs_root}/export")
+    checkpointing.save_export(export, _generator_tree(0), {"n_feats": 4})
+    (export / "config.json").unlink()  # what a reader sees mid-replacement or after a crash
+    with pytest.raises(checkpointing.CheckpointError, match="no config.json"):
+        checkpointing.load_export(export)
