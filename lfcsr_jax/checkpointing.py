@@ -67,9 +67,9 @@ def save_export(
         _save_export_in_place(target, host_params, info)
         return target
     _remove_stale_staging(target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=os.fspath(target.parent)))
     try:
-        staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; an export is an ordinary folder
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; an export is an ordinary folder
         checkpointer = _this_process_only_checkpointer()
         checkpointer.save(staging / "params", host_params)
         checkpointer.wait_until_finished()
