@@ -126,6 +126,8 @@ def _train_config() -> ml_collections.ConfigDict:
     train.phases = ("pretrain", "admm")  # which phases to run, in order.
     train.init_checkpoint = ""  # an export or converted checkpoint to start from ('' = random).
     train.log_every_steps = 100
+    # TensorBoard event files: '' = the workdir (local or gs://); another folder; or 'none'.
+    train.tensorboard_dir = ""
     train.image_every_steps = 5000
     train.checkpoint_every_steps = 5000
     train.keep_checkpoints = 3

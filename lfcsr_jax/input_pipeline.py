@@ -20,20 +20,19 @@ with the pair builders here (`pairs_from_hr_files`, `pairs_from_folders`).
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import hashlib
+import io
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
-from lfcsr_jax import image_io
+from lfcsr_jax import image_io, paths
 from lfcsr_jax.configuration import INPUT_SOURCES
 from lfcsr_jax.imresize import imresize, modcrop
 
@@ -97,37 +96,46 @@ def lr_from_hr(hr: np.ndarray, scale: int, key: Any = None) -> ImagePair:
     return ImagePair(str(key), hr, lr)
 
 
-def _file_key(path: Path) -> tuple[str, int, int]:
-    stat = path.stat()
-    return (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+def _file_key(path: paths.PathLike) -> tuple[str, int, int]:
+    name, size, version = paths.file_identity(path)
+    return (name, version, size)
 
 
-def lr_cache_path(cache_dir: str | os.PathLike, hr_path: Path, scale: int) -> Path:
-    """`<stem>_x<scale>_<hash12>.png`: the hash of (absolute path, size, mtime_ns, scale) makes
-    an edited, replaced or touched HR file miss, and two folders' same-named files differ."""
-    stat = hr_path.stat()
-    ident = f"{hr_path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{scale}"
+def lr_cache_path(cache_dir: paths.PathLike, hr_path: paths.PathLike, scale: int) -> paths.Path:
+    """`<stem>_x<scale>_<hash12>.png`: the hash of (absolute path, size, mtime_ns or object
+    generation, scale) makes an edited, replaced or touched HR file miss, and two folders'
+    same-named files differ."""
+    name, size, version = paths.file_identity(hr_path)
+    ident = f"{name}\0{size}\0{version}\0{scale}"
     digest = hashlib.sha1(ident.encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    return Path(cache_dir) / f"{hr_path.stem}_x{scale}_{digest}.png"
+    return paths.location(cache_dir) / f"{paths.location(hr_path).stem}_x{scale}_{digest}.png"
 
 
-def _check_cache_dir(cache_dir: str | os.PathLike, hr_dirs: Sequence[Path]) -> Path:
+def _canonical(path: paths.PathLike) -> str:
+    """Comparable form of a folder: resolved symlinks locally, the normalised URI remotely."""
+    if paths.is_remote(path):
+        return os.fspath(paths.location(path))
+    return os.path.realpath(os.path.expanduser(os.fspath(path)))
+
+
+def _check_cache_dir(cache_dir: paths.PathLike, hr_dirs: Sequence[paths.PathLike]) -> paths.Path:
     """The cache folder (created); a ValueError if it is, or lies inside, an HR folder."""
-    cache = Path(cache_dir).expanduser().resolve()
-    for hr_dir in {Path(d).resolve() for d in hr_dirs}:
-        if cache == hr_dir or hr_dir in cache.parents:
+    cache = _canonical(cache_dir)
+    for hr_dir in {_canonical(d) for d in hr_dirs}:
+        if cache == hr_dir or cache.startswith(hr_dir.rstrip("/") + "/"):
             raise ValueError(
                 f"config.input.lr_cache_dir {str(cache_dir)!r} ({cache}) is the HR image folder "
                 f"{hr_dir} or inside it; generated LR images must not be written among the "
                 "inputs: choose a folder outside it")
+    folder = paths.location(cache)
     try:
-        cache.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OSError(f"config.input.lr_cache_dir: cannot create {cache}: {e}") from e
-    return cache
+    return folder
 
 
-def _read_cached_lr(entry: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+def _read_cached_lr(entry: paths.Path, shape: tuple[int, ...]) -> np.ndarray | None:
     """The cached LR, or None (with a warning when the file exists but is unusable)."""
     if not entry.is_file():
         return None
@@ -143,25 +151,19 @@ def _read_cached_lr(entry: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     return lr
 
 
-def _write_cached_lr(entry: Path, lr: np.ndarray) -> None:
-    """Temp file in the cache folder, then os.replace: readers see a whole entry or none, even if
-    this process dies mid-write or several processes write the same entry."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{entry.stem}.", suffix=".tmp", dir=entry.parent)
+def _write_cached_lr(entry: paths.Path, lr: np.ndarray) -> None:
+    """A whole entry or none (paths.write_bytes_atomic), even if this process dies mid-write or
+    several processes write the same entry."""
+    encoded = io.BytesIO()
+    Image.fromarray(lr).save(encoded, format="PNG")
     try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(lr).save(f, format="PNG")
-        os.replace(tmp, entry)
+        paths.write_bytes_atomic(entry, encoded.getvalue())
     except OSError as e:  # full disk, read-only folder: the run goes on without this entry.
         logging.warning("input: cannot write LR cache entry %s (%s)", entry, e)
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
-def _pair_from_hr_file(path: Path, scale: int, cache_dir: Path | None = None) -> ImagePair:
+def _pair_from_hr_file(path: paths.Path, scale: int,
+                       cache_dir: paths.Path | None = None) -> ImagePair:
     """(HR, LR) of an HR-only file; the LR from `cache_dir` when a valid entry is there, else
     imresize (written back to `cache_dir` when given, else cached in memory)."""
     hr = image_io.read_image(path)
@@ -179,16 +181,18 @@ def _pair_from_hr_file(path: Path, scale: int, cache_dir: Path | None = None) ->
     return ImagePair(path.stem, hr, lr, origin=str(path))
 
 
-def pairs_from_hr_files(paths: Sequence[Path], scale: int, cache_dir: str | os.PathLike = "",
-                         hr_dirs: Sequence[Path] = ()) -> list[ImagePair]:
+def pairs_from_hr_files(files: Sequence[paths.PathLike], scale: int,
+                         cache_dir: paths.PathLike = "",
+                         hr_dirs: Sequence[paths.PathLike] = ()) -> list[ImagePair]:
     """Decode + imresize (or read the LR cache) in threads: PIL's inflate and numpy's BLAS
     release the GIL. `cache_dir` '' caches in memory only; else it must lie outside `hr_dirs`
     and the files' own folders."""
     cache = None
     if cache_dir:
-        cache = _check_cache_dir(cache_dir, [*hr_dirs, *(Path(p).parent for p in paths)])
+        cache = _check_cache_dir(cache_dir, [*hr_dirs, *(paths.location(p).parent for p in files)])
     with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda p: _pair_from_hr_file(p, scale, cache), paths))
+        return list(pool.map(lambda p: _pair_from_hr_file(paths.location(p), scale, cache),
+                             files))
 
 
 def pair_key(stem: str, scale: int) -> str:
@@ -260,7 +264,7 @@ def load_training_images(input_cfg: Any, scale: int) -> list[ImagePair]:
     elif source == "folder":
         hr_dir = _required(input_cfg, "hr_dir")
         pairs = pairs_from_hr_files(image_io.list_images(hr_dir), scale,
-                                     input_cfg.lr_cache_dir, [Path(hr_dir)])
+                                     input_cfg.lr_cache_dir, [hr_dir])
     elif source == "paired":
         pairs = pairs_from_folders(_required(input_cfg, "hr_dir"),
                                     _required(input_cfg, "lr_dir"), scale)
@@ -446,7 +450,7 @@ def load_validation_set(input_cfg: Any, scale: int) -> list[dict[str, Any]]:
         else:
             val_files = image_io.list_images(input_cfg.val_hr_dir)[:count]
             pairs = pairs_from_hr_files(val_files, scale, input_cfg.lr_cache_dir,
-                                         [Path(input_cfg.val_hr_dir)])
+                                         [input_cfg.val_hr_dir])
     else:
         raise ValueError(f"config.input.source: unknown {source!r}; expected one of "
                          f"{INPUT_SOURCES}")

@@ -36,7 +36,9 @@ class StepWriter(Protocol):
 class StopSignal(Protocol):
     signal_name: str | None
 
-    def requested(self) -> bool: ...
+    def requested(self, step: int) -> bool:
+        """Called once per step, with the same step on every host (see train.StopRequest)."""
+        ...
 
 
 class Checkpointer(Protocol):
@@ -150,7 +152,7 @@ class TrainLoop:
         The final state and step stay in `self.state` / `self.step` for the caller."""
         self.state, self.step = state, start_step
         while self.step < self.total_steps:
-            if self.stop.requested():
+            if self.stop.requested(self.step):
                 return self._stop_on_request()
             phase, _ = phase_at(self.step, self.lengths)
             wait_start = time.perf_counter()

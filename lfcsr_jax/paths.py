@@ -91,3 +91,18 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def file_identity(path: PathLike) -> tuple[str, int, int]:
+    """(canonical name, size, version) of a file: a rewritten file gets a new identity. Local:
+    the resolved path and mtime in ns; object stores: the URI and the object's generation (GCS
+    gives every upload a new one), falling back to its mtime."""
+    target = location(path)
+    if not is_remote(target):
+        stat = os.stat(target)
+        return os.path.realpath(target), stat.st_size, stat.st_mtime_ns
+    from etils.epath import backend  # the fsspec filesystem behind gs://
+
+    info = backend.fsspec_backend.fs(os.fspath(target)).info(os.fspath(target))
+    version = info.get("generation") or target.stat().mtime
+    return os.fspath(target), int(info.get("size") or 0), int(version)

@@ -22,9 +22,12 @@ import importlib.util
 import json
 import math
 import re
+import io
 import sys
 from pathlib import Path
 from typing import Any, Sequence
+
+from lfcsr_jax import paths
 
 
 class SweepError(ValueError):
@@ -97,11 +100,11 @@ def parse_values(spec: str) -> tuple[str, list[str]]:
     return field.strip(), items
 
 
-def setting_dir(workdir: Path, field: str, value: str) -> Path:
+def setting_dir(workdir: paths.Path, field: str, value: str) -> paths.Path:
     return workdir / re.sub(r"[^A-Za-z0-9_.=+-]", "_", f"{field}={value}")
 
 
-def train_setting(config, directory: Path) -> None:
+def train_setting(config, directory: paths.Path) -> None:
     """Trains (or resumes) one setting unless its export and summary already exist."""
     if (directory / "export" / "config.json").is_file() and (directory / "summary.json").is_file():
         print(f"[sweep] {directory.name}: trained, skipping", flush=True)
@@ -116,7 +119,7 @@ def train_setting(config, directory: Path) -> None:
                          "rerun the same command to resume")
 
 
-def evaluate_setting(directory: Path, eval_args: list[str]) -> dict[str, Any]:
+def evaluate_setting(directory: paths.Path, eval_args: list[str]) -> dict[str, Any]:
     """evaluate's results of one export (reused when made with the same arguments)."""
     from lfcsr_jax import evaluate  # pylint: disable=import-outside-toplevel
 
@@ -127,7 +130,7 @@ def evaluate_setting(directory: Path, eval_args: list[str]) -> dict[str, Any]:
         print(f"[sweep] {directory.name}: evaluated, reusing {out_dir}", flush=True)
     else:
         evaluate.main(args)
-        stamp.write_text(json.dumps(args))
+        paths.write_text_atomic(stamp, json.dumps(args))
     return json.loads((out_dir / "results.json").read_text())
 
 
@@ -135,7 +138,15 @@ def _numeric(values: Sequence[Any]) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
-def write_outputs(workdir: Path, field: str, settings: list[dict[str, Any]]) -> list[Path]:
+def _save_figure(fig: Any, path: paths.Path) -> None:
+    """PNG bytes in memory, then one whole-file write (local or gs://)."""
+    encoded = io.BytesIO()
+    fig.savefig(encoded, format="png")
+    paths.write_bytes_atomic(path, encoded.getvalue())
+
+
+def write_outputs(workdir: paths.Path, field: str,
+                  settings: list[dict[str, Any]]) -> list[paths.Path]:
     """sweep_table.md, sweep.json and the figures; returns the written paths."""
     from lfcsr_jax import diagnostics, pd_plane  # pylint: disable=import-outside-toplevel
 
@@ -153,8 +164,8 @@ def write_outputs(workdir: Path, field: str, settings: list[dict[str, Any]]) -> 
             lines.append(f"| {s['value']} | {d} | " + " | ".join(cells)
                          + f" | {'n/a' if lf is None else f'{lf:.4f}'} |")
     written = [workdir / "sweep_table.md", workdir / "sweep.json"]
-    written[0].write_text("\n".join(lines) + "\n")
-    written[1].write_text(json.dumps(
+    paths.write_text_atomic(written[0], "\n".join(lines) + "\n")
+    paths.write_text_atomic(written[1], json.dumps(
         [{"value": s["value"], "dir": str(s["dir"]), "results": s["results"]["results"]}
          for s in settings], indent=1))
     print("\n".join(lines), flush=True)
@@ -178,7 +189,7 @@ def write_outputs(workdir: Path, field: str, settings: list[dict[str, Any]]) -> 
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
             fig.tight_layout()
-            fig.savefig(workdir / f"pd_plane_{d}.png")
+            _save_figure(fig, workdir / f"pd_plane_{d}.png")
             plt.close(fig)
             written.append(workdir / f"pd_plane_{d}.png")
         lf = [s["results"]["results"][d].get("lf_mae") for s in settings]
@@ -200,7 +211,7 @@ def write_outputs(workdir: Path, field: str, settings: list[dict[str, Any]]) -> 
             ax.set_title(f"{d}: LF consistency")
             ax.grid(alpha=0.3)
             fig.tight_layout()
-            fig.savefig(workdir / f"lf_mae_{d}.png")
+            _save_figure(fig, workdir / f"lf_mae_{d}.png")
             plt.close(fig)
             written.append(workdir / f"lf_mae_{d}.png")
     return written
@@ -233,9 +244,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     field, values = parse_values(args.values)
-    workdir = Path(args.workdir).absolute()
+    workdir = paths.location(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    eval_args = [f"--data_dir={Path(args.data_dir).absolute()}", f"--datasets={args.datasets}",
+    eval_args = [f"--data_dir={paths.location(args.data_dir)}", f"--datasets={args.datasets}",
                  f"--metrics={args.metrics}", f"--alphas={args.alphas}",
                  f"--max_images={args.max_images}"]
     if args.lpips_dir:

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import threading
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import jax
@@ -24,8 +23,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lfcsr_jax import (checkpointing, configuration, loop, schedules, steps, train_logging,
-                       train_state, validation)
+from lfcsr_jax import (checkpointing, configuration, loop, paths, schedules, steps,
+                       train_logging, train_state, validation)
 # A configuration or input problem, reported as one clear line before any compute (main.py).
 from lfcsr_jax.cli_errors import UserError
 
@@ -61,10 +60,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for field, path in (("loss.vgg_weights", config.loss.vgg_weights),
                         ("train.init_checkpoint", train.init_checkpoint),
                         ("train.lpips_dir", train.lpips_dir)):
-        if path and not Path(path).exists():
+        if path and not paths.location(path).exists():
             problems.append(f"{field}={path!r}: no such file or directory")
     problems += _check_weight_paths(config)
-    if train.lpips_dir and Path(train.lpips_dir).is_dir():
+    if train.lpips_dir and paths.location(train.lpips_dir).is_dir():
         from lfcsr_jax import lpips
 
         try:
@@ -84,11 +83,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def _check_weight_paths(config: ml_collections.ConfigDict) -> list[str]:
     """vgg_weights must be a convert-vgg19 .npz; init_checkpoint an export, not a workdir."""
     problems = []
-    vgg, init = Path(config.loss.vgg_weights or ""), Path(config.train.init_checkpoint or "")
-    if config.loss.vgg_weights and vgg.exists() and (vgg.is_dir() or vgg.suffix != ".npz"):
-        problems.append(f"loss.vgg_weights={str(vgg)!r}: expected the .npz written by "
+    vgg_text, init_text = config.loss.vgg_weights, config.train.init_checkpoint
+    vgg = paths.location(vgg_text) if vgg_text else None
+    init = paths.location(init_text) if init_text else None
+    if vgg is not None and vgg.exists() and (vgg.is_dir() or vgg.suffix != ".npz"):
+        problems.append(f"loss.vgg_weights={vgg_text!r}: expected the .npz written by "
                         "`python -m lfcsr_jax.convert vgg19 --input ... --output vgg19.npz`")
-    if config.train.init_checkpoint and init.exists():
+    if init is not None and init.exists():
         if (init / "export" / "config.json").is_file() or (init / "checkpoints").is_dir():
             problems.append(f"train.init_checkpoint={str(init)!r} is a training workdir; pass "
                             f"its export, {str(init / 'export')!r}")
@@ -105,7 +106,8 @@ def _check_training_images(inp: ml_collections.ConfigDict) -> list[str]:
     truncated file is found at a fraction of the cost of the decode that follows.
     """
     folders = [inp[f] for f in ("hr_dir", "lr_dir", "val_hr_dir", "val_lr_dir")
-               if inp.source in ("folder", "paired") and inp[f] and Path(inp[f]).is_dir()]
+               if inp.source in ("folder", "paired") and inp[f]
+               and paths.location(inp[f]).is_dir()]
     return [problem for folder in folders for problem in _unreadable_images(str(folder))]
 
 
@@ -124,7 +126,7 @@ def _unreadable_images(folder: str) -> tuple[str, ...]:
             continue
         for path in files:
             try:
-                with Image.open(path) as img:
+                with paths.location(path).open("rb") as handle, Image.open(handle) as img:
                     img.verify()
             except Exception as e:  # noqa: BLE001 (PIL raises many types for broken files)
                 problems.append(f"{path}: unreadable or truncated image ({type(e).__name__}: "
@@ -139,7 +141,7 @@ def _check_vgg_input(loss: ml_collections.ConfigDict) -> list[str]:
     if loss.vgg_input_scaling not in configuration.VGG_INPUT_SCALINGS:
         return [f"loss.vgg_input_scaling={loss.vgg_input_scaling!r}: expected one of "
                 f"{configuration.VGG_INPUT_SCALINGS}"]
-    if not loss.vgg_weights or not Path(loss.vgg_weights).is_file():
+    if not loss.vgg_weights or not paths.location(loss.vgg_weights).is_file():
         return []  # random weights are fed as 'torchvision'; a missing file is reported below
     try:
         convention = vgg_weights.read_vgg19_input_convention(loss.vgg_weights)
@@ -160,10 +162,10 @@ def _check_input_paths(inp: ml_collections.ConfigDict) -> list[str]:
     for field in needed:
         if not inp[field]:
             problems.append(f"input.{field} must be set for input.source={inp.source!r}")
-        elif not Path(inp[field]).is_dir():
+        elif not paths.location(inp[field]).is_dir():
             problems.append(f"input.{field}={inp[field]!r}: no such directory")
     for field in ("val_hr_dir", "val_lr_dir"):
-        if inp[field] and not Path(inp[field]).is_dir():
+        if inp[field] and not paths.location(inp[field]).is_dir():
             problems.append(f"input.{field}={inp[field]!r}: no such directory")
     return problems
 
@@ -176,7 +178,7 @@ def phase_lengths(config: ml_collections.ConfigDict) -> dict[str, int]:
 # ----------------------------------------------------------------------------- workdir
 
 
-def _claim_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
+def _claim_workdir(workdir: paths.Path, config: ml_collections.ConfigDict) -> None:
     """Writes config.json once; refuses a workdir that another configuration wrote."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / "config.json"
@@ -189,15 +191,14 @@ def _claim_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
                 f"{workdir} holds a run with another configuration ({config_file}); use a new "
                 "--workdir or pass --config.train.allow_config_change=True")
     if jax.process_index() == 0:
-        tmp = config_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(ours, indent=2, sort_keys=True))
-        tmp.replace(config_file)
+        paths.write_text_atomic(config_file, json.dumps(ours, indent=2, sort_keys=True))
 
 
 def _without_run_fields(config_dict: dict[str, Any]) -> dict[str, Any]:
     """Fields that may change between a run and its resumption without changing the method."""
     trimmed = json.loads(json.dumps(config_dict))
-    for field in ("allow_config_change", "distributed", "log_every_steps", "image_every_steps",
+    for field in ("allow_config_change", "distributed", "log_every_steps", "tensorboard_dir",
+                  "image_every_steps",
                   "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         trimmed.get("train", {}).pop(field, None)
     return trimmed
@@ -219,11 +220,22 @@ def make_mesh() -> jax.sharding.Mesh:
 class StopRequest:
     """Set by SIGTERM/SIGINT (a TPU VM preemption or Ctrl-C); checked between steps.
 
+    One process: a Python handler records the signal and the loop saves and stops before the next
+    step. Several processes (a TPU pod slice): every host must stop at the same step, or the ones
+    that go on hang in collectives. There JAX's preemption service owns SIGTERM (its notifier is
+    installed by `jax.distributed.initialize`): a notice on any host starts an agreement in the
+    coordination service, and `multihost_utils.reached_preemption_sync_point(step)` turns True on
+    every host at the same step, with no collective per step. SIGINT (Ctrl-C) is forwarded to
+    that notifier as a SIGTERM to this process. Without the service (jax_enable_preemption_service
+    off), the hosts fall back to an allgather of their local flags each step.
+
     A signal that arrives while a train step compiles (tens of seconds at the start and at the
     phase switch, during which Python signal handlers cannot run) ends the process at once
     through a watcher thread woken by `signal.set_wakeup_fd`: compiling first and then saving
     would overrun a preemption notice, and the last checkpoint still stands (any save in flight
-    is awaited before each compile, see `guard_compiles`).
+    is awaited before each compile, see `guard_compiles`). Under the preemption service this
+    applies to SIGINT only: SIGTERM is the service's, and its hosts stop at the first sync point
+    after the compile.
     """
 
     def __init__(self) -> None:
@@ -232,9 +244,12 @@ class StopRequest:
         self._compiling = False
         self._wakeup: tuple[int, int] | None = None
         self._previous_wakeup = -1
+        self._sync_point = False  # JAX's preemption service decides when every host stops
 
     def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        self._sync_point = preemption_service_running()
+        handled = (signal.SIGINT,) if self._sync_point else (signal.SIGTERM, signal.SIGINT)
+        for sig in handled:
             self._previous[sig] = signal.signal(sig, self._handle)
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)
@@ -294,15 +309,34 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002 (signal API)
         self.signal_name = signal.Signals(signum).name
+        if self._sync_point:  # hand Ctrl-C to the preemption service, which tells every host
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    def requested(self) -> bool:
-        local = self.signal_name is not None
+    def requested(self, step: int) -> bool:
+        """Whether to save and stop before `step`; True at the same step on every host."""
         if jax.process_count() == 1:
-            return local
-        # Every host must agree, or the ones that stop would hang the others' collectives.
+            return self.signal_name is not None
         from jax.experimental import multihost_utils
 
-        return bool(np.any(multihost_utils.process_allgather(np.array(local))))
+        if self._sync_point:
+            if not multihost_utils.reached_preemption_sync_point(step):
+                return False
+            self.signal_name = self.signal_name or "a preemption notice (SIGTERM on some host)"
+            return True
+        # Every host must agree, or the ones that stop would hang the others' collectives.
+        local = np.array(self.signal_name is not None)
+        return bool(np.any(multihost_utils.process_allgather(local)))
+
+
+def preemption_service_running() -> bool:
+    """True in a multi-process run whose JAX preemption sync manager is up."""
+    if jax.process_count() == 1:
+        return False
+    try:
+        from jax._src import distributed  # the manager has no public accessor
+    except ImportError:
+        return False
+    return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
 
 
 # ----------------------------------------------------------------------------- inputs and outputs
@@ -364,8 +398,8 @@ def _as_plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def export_generators(config: ml_collections.ConfigDict, state: Any, workdir: Path,
-                      step: int) -> Path:
+def export_generators(config: ml_collections.ConfigDict, state: Any, workdir: paths.Path,
+                      step: int) -> paths.Path:
     """Writes generator params + model config for the evaluation programs (process 0 only)."""
     export_dir = workdir / "export"
     params = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)),
@@ -384,7 +418,7 @@ def export_generators(config: ml_collections.ConfigDict, state: Any, workdir: Pa
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
     """Runs (or resumes) the configured phases; returns the process exit code."""
     validate_config(config)
-    workdir_path = Path(workdir).absolute()
+    workdir_path = paths.location(workdir)
     _claim_workdir(workdir_path, config)
     mesh = make_mesh()
     networks = train_state.make_networks(config)
@@ -452,7 +486,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
 
 def _finish(config: ml_collections.ConfigDict, trainer: loop.TrainLoop,
             validator: validation.Validator, writer: train_logging.MetricsWriter,
-            workdir: Path) -> None:
+            workdir: paths.Path) -> None:
     """After the last step: the generator export, a final validation if none ran, summary.md."""
     export_dir = export_generators(config, trainer.state, workdir, trainer.step)
     scores = trainer.last_validation or validator.validate(trainer.state, trainer.step, writer)

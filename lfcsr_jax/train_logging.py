@@ -3,16 +3,16 @@
 Only process 0 writes files; the others log to the console through absl at most.
 On resume, `truncate_metrics` first cuts metrics.jsonl back to the checkpoint's step, so its steps
 never repeat or go backwards, and a validation already recorded for a step is not recorded twice.
+On a local disk metrics.jsonl is appended to; an object store (gs://) cannot append, so there the
+writer keeps the lines in memory and uploads the whole file at each new row (it is small: one row
+per `log_every_steps`). Truncation is the same read-filter-rewrite on both.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -20,19 +20,24 @@ import ml_collections
 import numpy as np
 from clu import metric_writers, periodic_actions
 
+from lfcsr_jax import paths
+
 
 class MetricsWriter:
     """One place that turns step metrics into TensorBoard, JSON lines and console progress."""
 
-    def __init__(self, workdir: Path, config: ml_collections.ConfigDict, total_steps: int):
+    def __init__(self, workdir: paths.PathLike, config: ml_collections.ConfigDict,
+                 total_steps: int):
         self.is_writer = jax.process_index() == 0
         self.log_every = config.train.log_every_steps
+        events_dir = tensorboard_dir(workdir, config)
         self.writer = metric_writers.create_default_writer(
-            str(workdir), just_logging=not self.is_writer, asynchronous=False)
-        self.jsonl_path = workdir / "metrics.jsonl"
+            events_dir, just_logging=not self.is_writer or events_dir is None,
+            asynchronous=False)
+        self.jsonl = JsonLines(paths.location(workdir) / "metrics.jsonl")
         # Steps whose validation is already in the file (a resume at the last step validates
         # again; its record is not repeated).
-        self._validated_steps = {row["step"] for row in _read_rows(self.jsonl_path)
+        self._validated_steps = {row["step"] for row in self.jsonl.rows()
                                  if row.get("phase") == "validation"} if self.is_writer else set()
         self.report_progress = periodic_actions.ReportProgress(
             num_train_steps=total_steps, writer=self.writer, every_steps=self.log_every)
@@ -80,8 +85,7 @@ class MetricsWriter:
 
     def _append_jsonl(self, row: dict[str, Any]) -> None:
         if self.is_writer:
-            with self.jsonl_path.open("a") as handle:
-                handle.write(json.dumps(row, sort_keys=True) + "\n")
+            self.jsonl.append(row)
 
     def close(self) -> None:
         self.writer.flush()
@@ -101,12 +105,45 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
+def tensorboard_dir(workdir: paths.PathLike, config: ml_collections.ConfigDict) -> str | None:
+    """Where TensorBoard event files go: `train.tensorboard_dir`, '' = the workdir, 'none' = no
+    event files. They are written by TensorFlow's own file system layer (gs:// included)."""
+    choice = config.train.get("tensorboard_dir", "")
+    if choice == "none":
+        return None
+    return str(paths.location(choice or workdir))
+
+
+class JsonLines:
+    """metrics.jsonl: appended to on a local disk, rewritten whole on an object store."""
+
+    def __init__(self, path: paths.Path):
+        self.path = path
+        self.remote = paths.is_remote(path)
+        # Object stores: the file's text so far, uploaded whole with each new row.
+        self._text = _read_text(path) if self.remote else ""
+
+    def rows(self) -> list[dict[str, Any]]:
+        return _parse_rows(_read_text(self.path))
+
+    def append(self, row: dict[str, Any]) -> None:
+        line = json.dumps(row, sort_keys=True) + "\n"
+        if self.remote:
+            self._text += line
+            paths.write_text_atomic(self.path, self._text)
+        else:
+            with self.path.open("a") as handle:
+                handle.write(line)
+
+
+def _read_text(path: paths.Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def _parse_rows(text: str) -> list[dict[str, Any]]:
     """Rows of a metrics.jsonl; a last line cut short by a kill is dropped, not an error."""
-    if not path.is_file():
-        return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
@@ -114,16 +151,16 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def truncate_metrics(workdir: str | Path, step: int) -> int:
+def truncate_metrics(workdir: paths.PathLike, step: int) -> int:
     """Drops the rows of metrics.jsonl past `step` (the step training resumes from; 0 for a fresh
     start); returns how many were dropped. Process 0 only.
 
     A run killed after its last checkpoint has logged steps that the resumed run logs again;
-    without this the steps in the file repeat and go backwards. The file is rewritten to a
-    temporary file and renamed over the old one, so a kill during the cut leaves either version.
+    without this the steps in the file repeat and go backwards. The file is replaced whole
+    (paths.write_text_atomic), so a kill during the cut leaves either version.
     """
-    path = Path(workdir) / "metrics.jsonl"
-    if jax.process_index() != 0 or not path.is_file():
+    path = paths.location(workdir) / "metrics.jsonl"
+    if jax.process_index() != 0 or not path.exists():
         return 0
     lines = path.read_text().splitlines()
     kept = []
@@ -136,21 +173,11 @@ def truncate_metrics(workdir: str | Path, step: int) -> int:
             kept.append(line)
     if len(kept) == len(lines):
         return 0
-    fd, tmp = tempfile.mkstemp(prefix=".metrics.jsonl.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write("".join(line + "\n" for line in kept))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    paths.write_text_atomic(path, "".join(line + "\n" for line in kept))
     return len(lines) - len(kept)
 
 
-def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
+def read_metrics(workdir: paths.PathLike) -> list[dict[str, Any]]:
     """The rows of metrics.jsonl, for scripts and tests."""
-    path = Path(workdir) / "metrics.jsonl"
+    path = paths.location(workdir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

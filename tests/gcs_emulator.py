@@ -66,3 +66,14 @@ class Emulator:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+def object_names(endpoint: str, prefix: str) -> list[str]:
+    """Names of the objects under `prefix` in BUCKET, asked of the emulator directly (no client
+    cache in between: for polling what another process has written)."""
+    import json
+    import urllib.parse
+
+    query = urllib.parse.urlencode({"prefix": prefix})
+    with urllib.request.urlopen(f"{endpoint}/storage/v1/b/{BUCKET}/o?{query}", timeout=10) as r:
+        return [item["name"] for item in json.load(r).get("items", [])]

@@ -111,6 +111,44 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(uninterrupted, tmp_path)
     _assert_close_runs(workdir, uninterrupted, rtol=1e-6, atol=1e-6)
 
 
+def test_gcs_workdir_sigterm_resume_matches_uninterrupted(uninterrupted, gcs_emulator, gcs_root,
+                                                         tmp_path):
+    """--workdir=gs://...: config, checkpoints, metrics.jsonl, export and summary land in the
+    bucket (the local GCS emulator), and a SIGTERM + rerun resumes from there to the same
+    result as the uninterrupted local run. TensorBoard goes to a local folder: its writer is
+    TensorFlow's GCS client, which cannot be pointed at an emulator (tests/gcs_emulator.py)."""
+    from lfcsr_jax import paths
+    from tests.gcs_emulator import object_names
+
+    workdir = f"{gcs_root}/run"
+    prefix = workdir.split("/", 3)[3]
+    overrides = [f"--config.train.tensorboard_dir={tmp_path / 'tb'}"]
+    process = subprocess.Popen(_command(workdir, *overrides), cwd=REPO_ROOT, env=_env(4),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while (not any("/checkpoints/latest/4/" in name for name in
+                   object_names(gcs_emulator.endpoint, prefix))
+           and process.poll() is None and time.time() < deadline):
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-4000:]
+    assert "Stopped by SIGTERM" in stdout, "the run ended before the signal; nothing was tested"
+    resumed = _run(workdir, *overrides)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "Resuming" in resumed.stderr
+    names = object_names(gcs_emulator.endpoint, prefix)
+    for expected in ("/config.json", "/metrics.jsonl", "/summary.md", "/summary.json",
+                     "/export/config.json"):
+        assert any(n.endswith(expected) and n.count("/") == prefix.count("/") + expected.count("/")
+                   for n in names), (expected, names[:20])
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert not [n for n in names if "tfevents" in n]
+    assert not (REPO_ROOT / "gs:").exists()  # nothing went to a local folder named after the URI
+    # The same numbers as the uninterrupted local run, in every logged metric and every weight.
+    _assert_close_runs(paths.location(workdir), uninterrupted, rtol=0, atol=0)
+
+
 def test_one_device_matches_four(uninterrupted, tmp_path):
     result = _run(tmp_path / "one", devices=1)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -123,17 +161,39 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_processes_match_one_process(uninterrupted, tmp_path):
-    workdir, port = tmp_path / "two", _free_port()
-    processes = [subprocess.Popen(
+def _two_processes(workdir: Path, port: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen(
         _command(workdir, "--config.train.distributed=True",
                  f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                  f"--process_id={index}"),
         cwd=REPO_ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for index in range(2)]
+
+
+def test_two_processes_stop_together_on_one_sigterm_and_resume(uninterrupted, tmp_path):
+    """A preemption notice on one host of two: JAX's preemption service makes both hosts stop
+    and save at the same step (no per-step collective), and rerunning both resumes to the same
+    result as one process with the same four devices."""
+    workdir = tmp_path / "two"
+    processes = _two_processes(workdir, _free_port())
+    first_checkpoint = workdir / "checkpoints" / "latest" / "4"
+    deadline = time.time() + 600
+    while not first_checkpoint.is_dir() and processes[1].poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    processes[1].send_signal(signal.SIGTERM)  # the notice reaches host 1 only
     outputs = [process.communicate(timeout=900) for process in processes]
-    for process, (_, stderr) in zip(processes, outputs):
+    stopped_at = set()
+    for process, (stdout, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr[-4000:]
+        assert "Stopped by" in stdout, "a host ran to the end; nothing was tested"
+        stopped_at.add(stdout.split("Stopped by", 1)[1].split(" at step ", 1)[1].split(";")[0])
+    assert len(stopped_at) == 1, stopped_at  # both hosts saved the same step
+    assert (workdir / "checkpoints" / "latest" / stopped_at.pop()).is_dir()
+    assert not (workdir / "export").exists()
+    resumed = _two_processes(workdir, _free_port())
+    for process, (_, stderr) in zip(resumed, [p.communicate(timeout=900) for p in resumed]):
+        assert process.returncode == 0, stderr[-4000:]
+        assert "Resuming" in stderr
     # Two processes x two devices hold the same global batch as one process with four devices.
     _assert_close_runs(workdir, uninterrupted, rtol=2e-3, atol=2e-4)
 

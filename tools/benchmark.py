@@ -245,7 +245,7 @@ class _MemoryWriter:
 class _NeverStop:
     signal_name = None
 
-    def requested(self) -> bool:
+    def requested(self, step: int) -> bool:  # noqa: ARG002 (loop.StopSignal)
         return False
 
 
