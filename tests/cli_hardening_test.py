@@ -237,7 +237,7 @@ def test_export_housekeeping(tmp_path, export_dir):
     finally:
         os.umask(old_umask)
     assert not stale.exists()  # left by a killed export: cleaned by the next one
-    assert (target.stat().st_mode & 0o777) == 0o755  # the umask, not mkdtemp's 0700
+    assert (os.stat(target).st_mode & 0o777) == 0o755  # the umask, not mkdtemp's 0700
 
 
 # ----------------------------------------------------------------------------- items 3, 4, 5: evaluate

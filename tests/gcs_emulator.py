@@ -5,6 +5,7 @@ inherit:
 - gcsfs (etils.epath's gs:// backend here): STORAGE_EMULATOR_HOST.
 - TensorStore (Orbax's array files): TENSORSTORE_GCS_HTTP_URL, plus a dummy bearer token through
   GOOGLE_AUTH_TOKEN_FOR_TESTING so it does not look for real credentials.
+gcs_emulator_server.py adds the generation headers the emulator leaves out of its reads.
 TensorFlow's own GCS client (tf.io.gfile, tf.summary, TFRecord readers) has its endpoint compiled
 in and cannot be pointed at an emulator; tests/gcs_test.py says which layers that leaves out.
 """
@@ -15,8 +16,10 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 BUCKET = "test-bucket"
 
@@ -43,10 +46,14 @@ class Emulator:
     def __init__(self) -> None:
         self.port = _free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
+        # Its log goes to a file: an unread pipe fills up and blocks the emulator's one thread
+        # the first time it prints a traceback (for example when a client drops a connection).
+        self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-             "--port", str(self.port), "--in-memory", "--default-bucket", BUCKET, "-q"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [sys.executable, str(Path(__file__).with_name("gcs_emulator_server.py")), "start",
+             "--host", "127.0.0.1", "--port", str(self.port), "--in-memory", "--default-bucket",
+             BUCKET, "-q"],
+            stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -55,9 +62,12 @@ class Emulator:
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError("the GCS emulator did not start: "
-                                       + self.process.stderr.read().decode(errors="replace")[-2000:])
+                    raise RuntimeError("the GCS emulator did not start: " + self.log_tail())
                 time.sleep(0.2)
+
+    def log_tail(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-4000:]
 
     def stop(self) -> None:
         if self.process.poll() is None:
