@@ -83,11 +83,17 @@ def check_output_dir(path: paths.PathLike, flag: str) -> paths.Path:
     """
     shown = os.fspath(path)
     out = paths.location(path)
+    if paths.is_remote(out):
+        try:
+            _check_remote_output_dir(out, shown, flag)
+        except UserError:
+            raise
+        except Exception as error:  # no credentials, no network: gcsfs raises its own types
+            raise UserError(f"{flag}={shown} cannot be checked ({type(error).__name__}: "
+                            f"{error})") from error
+        return out
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag}={shown} exists and is not a folder")
-    if paths.is_remote(out):
-        _check_remote_ancestors(out, shown, flag)
-        return out
     probe = out
     while not probe.exists():
         parent = probe.parent
@@ -101,8 +107,11 @@ def check_output_dir(path: paths.PathLike, flag: str) -> paths.Path:
     return out
 
 
-def _check_remote_ancestors(out: paths.Path, shown: str, flag: str) -> None:
-    """An object named like a folder above `out` would hide it; a missing bucket fails late."""
+def _check_remote_output_dir(out: paths.Path, shown: str, flag: str) -> None:
+    """An object named like the folder or a folder above it would hide what is written below;
+    a missing bucket would fail only at the first write, after the compute."""
+    if out.is_file():
+        raise UserError(f"{flag}={shown} exists and is not a folder")
     bucket = bucket_of(out)
     probe = out.parent
     while len(os.fspath(probe)) > len(os.fspath(bucket)):
