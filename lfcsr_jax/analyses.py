@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from lfcsr_jax import metrics, pd_plane, sources
+from lfcsr_jax import metrics, paths, pd_plane, sources
+from lfcsr_jax.paths import Path
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -67,7 +67,7 @@ class Extras:
         if getattr(args, "html", False):
             if not args.output_dir:
                 raise SystemExit("evaluate: --html needs --output_dir")
-            report_dir = Path(args.output_dir)
+            report_dir = paths.location(args.output_dir)
         crop = parse_crop(getattr(args, "html_crop", ""))
         return cls(source_set, interps, lf, report_dir, crop, alphas)
 
@@ -130,10 +130,10 @@ class Extras:
         addendum = self.table_addendum(results)
         if addendum:
             table = output_dir / "table.md"
-            table.write_text(table.read_text().rstrip("\n") + addendum + "\n")
+            paths.write_text_atomic(table, table.read_text().rstrip("\n") + addendum + "\n")
             lf = {d: {"lf_mae": r["lf_mae"], "transform": r["lf_transform"]}
                   for d, r in results.items() if "lf_mae" in r}
-            (output_dir / "lf_mae.json").write_text(json.dumps(lf, indent=1))
+            paths.write_text_atomic(output_dir / "lf_mae.json", json.dumps(lf, indent=1))
             written.append(output_dir / "lf_mae.json")
         x_metric = pd_plane.x_metric_of(suite.names)
         names = self.source_set.names if self.source_set else []

@@ -2,18 +2,19 @@
 
 A benchmark root holds one folder per set, directly or under benchmarks/, benchmark/, testsets/
 or datasets/. Inside a set, the known layouts are read as [{'name', 'lr', 'hr'}] whole images
-(see `load_benchmark`), with the LR/HR pairing rules of `lfcsr_jax.input_pipeline`.
+(see `load_benchmark`), with the LR/HR pairing rules of `lfcsr_jax.input_pipeline`. A root may
+be local or a gs:// URI (lfcsr_jax/paths.py).
 """
 
 from __future__ import annotations
 
 import csv
-import os
+import io
 import re
-from pathlib import Path
 from typing import Any, Sequence
 
-from lfcsr_jax import image_io
+from lfcsr_jax import image_io, paths
+from lfcsr_jax.paths import Path
 from lfcsr_jax.input_pipeline import (checked_pair, pair_key, pairs_from_folders,
                                       pairs_from_hr_files)
 
@@ -22,7 +23,7 @@ _BENCHMARK_ALIASES = {"bsd100": ("BSD100", "B100", "bsd100", "b100"),
                       "b100": ("BSD100", "B100", "bsd100", "b100")}
 
 
-def find_benchmark(data_dir: str | os.PathLike, name: str) -> Path:
+def find_benchmark(data_dir: paths.PathLike, name: str) -> Path:
     """The folder of benchmark `name` (Set5, Set14, BSD100/B100, Urban100, Manga109) under a root.
 
     Looks at data_dir/<name>, data_dir/{benchmarks,benchmark,testsets,datasets}/<name> and
@@ -52,22 +53,22 @@ def _first_dir(directory: Path, candidates: Sequence[str]) -> Path | None:
     return None
 
 
-def benchmark_names(directory: str | os.PathLike) -> dict[str, str]:
+def benchmark_names(directory: paths.PathLike) -> dict[str, str]:
     """HR file name -> usual image name, from a SelfExSR-style index.csv in `directory` ({} when
     there is none)."""
     index = Path(directory) / "index.csv"
     if not index.is_file():
         return {}
-    with open(index, newline="") as f:
-        rows = list(csv.DictReader(f))
+    # Decoded whole, newlines kept (as open(newline='') would): csv handles the line ends.
+    rows = list(csv.DictReader(io.StringIO(index.read_bytes().decode("utf-8"), newline="")))
     if not rows or "hr_file" not in rows[0] or "canonical_name" not in rows[0]:
         raise ValueError(f"{index}: expected columns hr_file and canonical_name")
     return {Path(row["hr_file"]).name: row["canonical_name"] for row in rows}
 
 
 
-def load_benchmark(directory: str | os.PathLike, scale: int = 4, *, regenerate_lr: bool = False,
-                   lr_cache_dir: str | os.PathLike = "") -> list[dict[str, Any]]:
+def load_benchmark(directory: paths.PathLike, scale: int = 4, *, regenerate_lr: bool = False,
+                   lr_cache_dir: paths.PathLike = "") -> list[dict[str, Any]]:
     """[{'name', 'lr', 'hr'}] of a benchmark folder, whole images, HR cropped to LR * scale.
 
     Layouts: SelfExSR (HR/img_NNN_SRF_4_HR.png + LR_bicubic/X4/img_NNN_SRF_4_LR.png, names from

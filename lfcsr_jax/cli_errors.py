@@ -17,8 +17,9 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from pathlib import Path
 from typing import Any, Callable, TypeVar
+
+from lfcsr_jax import paths
 
 EXIT_USER_ERROR = 2
 
@@ -72,14 +73,27 @@ def reports_user_errors(prog: str) -> Callable[[F], F]:
 # ----------------------------------------------------------------------------- output locations
 
 
-def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
+def check_output_dir(path: paths.PathLike, flag: str) -> paths.Path:
     """Fails now (before any compute) unless `path` is, or can be created as, a writable folder.
 
     Creates nothing: walks up to the nearest existing ancestor, which must be a writable folder.
+    On an object store (gs://) there are no folders to create and no write permission to probe
+    without writing; the checks are that no object has the name of the folder or of a folder
+    above it, and that the bucket exists.
     """
-    out = Path(path)
+    shown = os.fspath(path)
+    out = paths.location(path)
+    if paths.is_remote(out):
+        try:
+            _check_remote_output_dir(out, shown, flag)
+        except UserError:
+            raise
+        except Exception as error:  # no credentials, no network: gcsfs raises its own types
+            raise UserError(f"{flag}={shown} cannot be checked ({type(error).__name__}: "
+                            f"{error})") from error
+        return out
     if out.exists() and not out.is_dir():
-        raise UserError(f"{flag}={out} exists and is not a folder")
+        raise UserError(f"{flag}={shown} exists and is not a folder")
     probe = out
     while not probe.exists():
         parent = probe.parent
@@ -87,7 +101,41 @@ def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
             break
         probe = parent
     if probe.exists() and not probe.is_dir():
-        raise UserError(f"{flag}={out}: {probe} is a file, so no folder can be created below it")
+        raise UserError(f"{flag}={shown}: {probe} is a file, so no folder can be created below it")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{flag}={out}: {probe} is not writable")
+        raise UserError(f"{flag}={shown}: {probe} is not writable")
     return out
+
+
+def _check_remote_output_dir(out: paths.Path, shown: str, flag: str) -> None:
+    """An object named like the folder or a folder above it would hide what is written below;
+    a missing bucket would fail only at the first write, after the compute."""
+    if out.is_file():
+        raise UserError(f"{flag}={shown} exists and is not a folder")
+    bucket = bucket_of(out)
+    probe = out.parent
+    while len(os.fspath(probe)) > len(os.fspath(bucket)):
+        if probe.is_file():
+            raise UserError(f"{flag}={shown}: {probe} is a file, so no folder can be created "
+                            "below it")
+        probe = probe.parent
+    if not bucket.exists():
+        raise UserError(f"{flag}={shown}: bucket {bucket} does not exist or is not readable")
+
+
+def bucket_of(path: paths.PathLike) -> paths.Path:
+    """gs://bucket of gs://bucket/a/b (the URI's scheme and first component)."""
+    scheme, _, rest = os.fspath(path).partition("://")
+    return paths.Path(f"{scheme}://{rest.split('/', 1)[0]}")
+
+
+def same_location(a: paths.PathLike, b: paths.PathLike) -> bool:
+    """Whether two user-given locations name the same file or folder (an output that would
+    overwrite an input). Local: file identity (a symlink or hard link counts), else the resolved
+    paths; URIs: the normalised strings (an object store has no links)."""
+    if paths.is_remote(a) or paths.is_remote(b):
+        return os.fspath(paths.location(a)) == os.fspath(paths.location(b))
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)

@@ -4,17 +4,18 @@ plane is drawn by pd_plane.plot).
 - `save_subband_views`: LL and HH of one Haar level of the luma of Y', Y and HR (paper Fig. 5).
 - `save_ll_difference_maps`: |LL(Y') - LL(HR)| and |LL(Y) - LL(HR)| on one colour scale (Fig. 7);
   PD-ADMM should make the two maps alike (the LF content of Y follows Y').
-All figures are written with matplotlib's Agg backend (no display needed).
+All figures are written with matplotlib's Agg backend (no display needed), locally or to gs://.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 from typing import Mapping
 
 import numpy as np
 
-from lfcsr_jax import metrics
+from lfcsr_jax import metrics, paths
+from lfcsr_jax.paths import Path
 
 
 def pyplot():
@@ -39,7 +40,7 @@ def haar_bands_of_luma(img: np.ndarray) -> dict[str, np.ndarray]:
             "HH": (a - b - c + d) / 2}
 
 
-def save_subband_views(images: Mapping[str, np.ndarray], path: str | Path, title: str = "") -> Path:
+def save_subband_views(images: Mapping[str, np.ndarray], path: paths.PathLike, title: str = "") -> Path:
     """A grid: one row per image (e.g. Y', Y, HR), columns LL (gray) and |HH| (shared scale)."""
     plt = pyplot()
     bands = {name: haar_bands_of_luma(img) for name, img in images.items()}
@@ -63,7 +64,7 @@ def ll_difference_maps(outputs: Mapping[str, np.ndarray], hr: np.ndarray) -> dic
     return {name: np.abs(haar_bands_of_luma(img)["LL"] - ll_hr) for name, img in outputs.items()}
 
 
-def save_ll_difference_maps(outputs: Mapping[str, np.ndarray], hr: np.ndarray, path: str | Path,
+def save_ll_difference_maps(outputs: Mapping[str, np.ndarray], hr: np.ndarray, path: paths.PathLike,
                             title: str = "") -> Path:
     """Side-by-side LL-difference maps against HR on one colour scale, with their means."""
     plt = pyplot()
@@ -79,16 +80,26 @@ def save_ll_difference_maps(outputs: Mapping[str, np.ndarray], hr: np.ndarray, p
     return _save(fig, plt, path)
 
 
-def _save(fig, plt, path: str | Path) -> Path:
+def _save(fig, plt, path: paths.PathLike) -> Path:
+    try:
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def save_figure(fig, path: paths.PathLike) -> Path:
+    """Renders `fig` in memory (format from the suffix, PNG by default), then writes it in one
+    piece: matplotlib cannot write to a gs:// path, and a reader never sees half a figure."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png")
+    path.parent.mkdir(parents=True, exist_ok=True)  # a no-op on an object store
+    paths.write_bytes_atomic(path, buffer.getvalue())
     return path
 
 
 def save_image_diagnostics(name: str, y_objective: np.ndarray, y_perceptual: np.ndarray,
-                           hr: np.ndarray, out_dir: str | Path) -> list[Path]:
+                           hr: np.ndarray, out_dir: paths.PathLike) -> list[Path]:
     """Both figures for one image (uint8-quantised outputs): <name>_subbands.png, <name>_ll_diff.png."""
     out_dir = Path(out_dir)
     q_o, q_p = metrics.quantize(y_objective), metrics.quantize(y_perceptual)

@@ -14,6 +14,8 @@ added for reference. Outputs in --output_dir: table.md (also printed), results.c
 Metrics whose weights were not given are reported as unavailable, with the reason.
 Data layout: DATA/<Set>/HR + DATA/<Set>/LR_bicubic/X4 (EDSR / SelfExSR layout), or HR only (LR made
 with the MATLAB-exact imresize).
+Every location (--checkpoint, --data_dir, --output_dir, --sr_dir, --lpips_dir, --niqe_params,
+--reference_points) may be a local path or a gs:// URI (lfcsr_jax/paths.py).
 A requested dataset that is absent altogether is skipped and listed as skipped under the table; one
 that exists but is incomplete or damaged (a missing LR file, a size mismatch, a truncated image)
 stops the run with an error naming the file. Flags and the output folder are checked before any
@@ -24,15 +26,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lfcsr_jax import inference, metrics
+from lfcsr_jax import inference, metrics, paths
+from lfcsr_jax.paths import Path
 from lfcsr_jax.cli_errors import UserError, check_output_dir, reports_user_errors
 
 DEFAULT_DATASETS = "Set5,Set14,BSD100,Urban100,Manga109"
@@ -108,7 +111,7 @@ class DatasetAbsent(FileNotFoundError):
     """No folder of the requested benchmark at all (skipped, and listed as skipped)."""
 
 
-def load_dataset(data_dir: str | Path, name: str, scale: int) -> list[dict[str, Any]]:
+def load_dataset(data_dir: paths.PathLike, name: str, scale: int) -> list[dict[str, Any]]:
     """[{'name', 'lr', 'hr', 'hr_gray'}] (uint8 RGB) of one benchmark.
 
     DatasetAbsent when there is no folder for it; UserError naming the file when the folder
@@ -118,7 +121,7 @@ def load_dataset(data_dir: str | Path, name: str, scale: int) -> list[dict[str, 
     from lfcsr_jax import benchmarks  # pylint: disable=import-outside-toplevel
 
     try:
-        directory = benchmarks.find_benchmark(data_dir, name)
+        directory = benchmarks.find_benchmark(paths.location(data_dir), name)
     except FileNotFoundError as e:
         raise DatasetAbsent(str(e)) from e
     try:
@@ -148,7 +151,7 @@ def _single_channel_names(directory: Path) -> set[str]:
         if not (directory / sub).is_dir():
             continue
         for path in image_io.list_images(directory / sub):
-            with Image.open(path) as img:  # reads the header only
+            with path.open("rb") as f, Image.open(f) as img:  # reads the header only
                 if img.mode in _GRAY_MODES:
                     names |= {path.stem, path.stem.removesuffix("_HR"), canonical.get(path.name, "")}
         break
@@ -166,7 +169,7 @@ def bicubic_predictor(scale: int) -> Predictor:
     return predict
 
 
-def model_predictor(checkpoint: str | Path, dtype: str = "", bucket: int | None = None
+def model_predictor(checkpoint: paths.PathLike, dtype: str = "", bucket: int | None = None
                     ) -> tuple[Predictor, dict[str, Any]]:
     """(lr uint8 HxWx3 -> (Y', Y) float32 on the 0-255 scale, model config) from an export.
 
@@ -240,10 +243,9 @@ def alpha_label(alpha: float) -> str:
 
 
 def _save_png(path: Path, img_u8: np.ndarray) -> None:
-    from PIL import Image  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(img_u8).save(path)
+    image_io.write_png(path, img_u8)
 
 
 def parse_alphas(text: str) -> list[float]:
@@ -264,7 +266,7 @@ def load_reference_points(spec: str) -> list[dict[str, Any]]:
         return []
     if spec == "paper":
         return list(PAPER_REFERENCE_POINTS)
-    path = Path(spec)
+    path = paths.location(spec)
     if not path.is_file():
         raise UserError(f"--reference_points: {path} not found")
     try:
@@ -304,20 +306,23 @@ def _fmt(metric: str, value: float | None) -> str:
 
 def write_reports(output_dir: Path, results: dict[str, Any], suite: MetricSuite,
                   info: dict[str, Any]) -> list[Path]:
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)  # a no-op on an object store
     table = format_table(results, suite.names)
     notes = [f"- {name}: unavailable: {why}" for name, why in suite.unavailable.items()]
     if info.get("missing_datasets"):
         notes.append(f"- skipped (not found): {', '.join(info['missing_datasets'])}")
-    (output_dir / "table.md").write_text(table + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else ""))
-    with open(output_dir / "results.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["dataset", "output", "images", *suite.names])
-        for dataset, result in results.items():
-            for label, row in result["rows"].items():
-                writer.writerow([dataset, label, result["count"], *[row[m] for m in suite.names]])
+    paths.write_text_atomic(output_dir / "table.md",
+                            table + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else ""))
+    rows = io.StringIO()  # csv's own line ends (\r\n), written unchanged as with newline=""
+    writer = csv.writer(rows)
+    writer.writerow(["dataset", "output", "images", *suite.names])
+    for dataset, result in results.items():
+        for label, row in result["rows"].items():
+            writer.writerow([dataset, label, result["count"], *[row[m] for m in suite.names]])
+    paths.write_text_atomic(output_dir / "results.csv", rows.getvalue())
     payload = {"info": info, "unavailable": suite.unavailable, "results": results}
-    (output_dir / "results.json").write_text(json.dumps(payload, indent=1, default=_json_default))
+    paths.write_text_atomic(output_dir / "results.json",
+                            json.dumps(payload, indent=1, default=_json_default))
     written = [output_dir / "table.md", output_dir / "results.csv", output_dir / "results.json"]
     # The PD planes are drawn once, with every source, by analyses.Extras.write (pd_plane.plot).
     return written
@@ -386,7 +391,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         compile_before = inference.CompileStats.snapshot()
         predict, model_cfg = model_predictor(args.checkpoint, args.dtype,
                                              getattr(args, "bucket", None))
-        info = {"model": "lfcsr", "checkpoint": str(Path(args.checkpoint).absolute()),
+        info = {"model": "lfcsr", "checkpoint": str(paths.location(args.checkpoint)),
                 "model_config": model_cfg}
         if int(model_cfg.get("scale", args.scale)) != args.scale:
             raise UserError(f"the export is x{model_cfg['scale']}, --scale={args.scale}")
@@ -395,8 +400,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     extras = analyses.Extras.from_args(args, is_bicubic)
     results, missing = {}, []
-    save_root = Path(args.output_dir) / "images" if args.save_images and args.output_dir else None
-    diag_root = (Path(args.output_dir) / "diagnostics"
+    output_dir = paths.location(args.output_dir) if args.output_dir else None
+    save_root = output_dir / "images" if args.save_images and output_dir else None
+    diag_root = (output_dir / "diagnostics"
                  if args.save_diagnostics and args.output_dir and not is_bicubic else None)
     start = time.time()
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
@@ -427,8 +433,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(table)
     files = []
     if args.output_dir:
-        files = write_reports(Path(args.output_dir), results, suite, info)
-        files += extras.write(Path(args.output_dir), results, suite, info, references)
+        files = write_reports(output_dir, results, suite, info)
+        files += extras.write(output_dir, results, suite, info, references)
     return {"results": results, "table": table, "unavailable": suite.unavailable, "files": files,
             "missing_datasets": missing, "compiles": info.get("compiles")}
 

@@ -6,7 +6,7 @@ where n = features / (channel L2 norm + 1e-10) and w_k are the non-negative v0.1
 Inputs are uint8/0-255 RGB images mapped to [-1, 1] (x / 127.5 - 1), then LPIPS's scaling layer
 ((x - shift) / scale, shift = (-.030, -.088, -.188), scale = (.458, .448, .450)). No crop.
 
-Weights come from local files only:
+Weights come from files (a local folder or a gs:// one), never from the network's model hubs:
   - AlexNet ImageNet features: torchvision's `alexnet-owt-7be5be79.pth` (a state_dict with
     `features.{0,3,6,8,10}.{weight,bias}`, OIHW), or an .npz with the same keys
     (`convert_alexnet_file`); converted by `alexnet_params_from_torchvision`.
@@ -18,8 +18,7 @@ unavailable instead of a number from a random network.
 from __future__ import annotations
 
 import functools
-import os
-from pathlib import Path
+import io
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -27,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lfcsr_jax import state_dicts
+from lfcsr_jax import paths, state_dicts
+from lfcsr_jax.paths import Path
 from lfcsr_jax.metrics import MetricUnavailable
 
 # torchvision alexnet().features: (index, out channels, kernel, stride, padding); ReLU after each,
@@ -93,14 +93,14 @@ def heads_from_state_dict(state_dict: Mapping[str, Any]) -> list[np.ndarray]:
 
 def _load_state_dict(path: Path) -> Mapping[str, Any]:
     try:
-        return state_dicts.load_state_dict(path)
+        return state_dicts.load_state_dict(path)  # local or gs:// (state_dicts reads both)
     except ImportError as error:
         raise MetricUnavailable(f"LPIPS: {error} (`convert_alexnet_file` writes an .npz)") from error
 
 
-def find_lpips_files(lpips_dir: str | os.PathLike) -> tuple[Path, Path]:
+def find_lpips_files(lpips_dir: paths.PathLike) -> tuple[Path, Path]:
     """(AlexNet weights file, alex heads file) in `lpips_dir`, or MetricUnavailable naming the gap."""
-    root = Path(lpips_dir) if lpips_dir else None
+    root = paths.location(lpips_dir) if lpips_dir else None
     if root is None or not root.is_dir():
         raise MetricUnavailable(f"LPIPS: weights folder {str(lpips_dir)!r} not found (pass --lpips_dir "
                                 "with alexnet-owt-7be5be79.pth and v0.1/alex.npz)")
@@ -119,8 +119,8 @@ def find_lpips_files(lpips_dir: str | os.PathLike) -> tuple[Path, Path]:
     return backbones[0], heads
 
 
-def load_lpips_params(lpips_dir: str | os.PathLike) -> dict[str, Any]:
-    """{'alexnet': AlexNetFeatures params, 'heads': [5 x (C,)]} from a local folder."""
+def load_lpips_params(lpips_dir: paths.PathLike) -> dict[str, Any]:
+    """{'alexnet': AlexNetFeatures params, 'heads': [5 x (C,)]} from a folder (local or gs://)."""
     backbone_file, heads_file = find_lpips_files(lpips_dir)
     return {
         "alexnet": alexnet_params_from_torchvision(_load_state_dict(backbone_file)),
@@ -128,12 +128,17 @@ def load_lpips_params(lpips_dir: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def convert_alexnet_file(pth_path: str | os.PathLike, npz_path: str | os.PathLike) -> Path:
+def convert_alexnet_file(pth_path: paths.PathLike, npz_path: paths.PathLike) -> Path:
     """torchvision alexnet .pth -> .npz with the conv keys only (readable without torch)."""
-    state = _load_state_dict(Path(pth_path))
+    state = _load_state_dict(paths.location(pth_path))
     keys = [f"features.{i}.{p}" for i, *_ in ALEXNET_CONVS for p in ("weight", "bias")]
-    np.savez(npz_path, **{k: state_dicts.to_numpy(state[k]) for k in keys})
-    return Path(npz_path)
+    buffer = io.BytesIO()  # np.savez cannot write to gs://; one upload (or tmp + rename) instead
+    np.savez(buffer, **{k: state_dicts.to_numpy(state[k]) for k in keys})
+    target = paths.location(npz_path)
+    if target.suffix != ".npz":  # as np.savez names a file given without the suffix
+        target = target.with_name(target.name + ".npz")
+    paths.write_bytes_atomic(target, buffer.getvalue())
+    return target
 
 
 def _normalise_channels(f_BxHxWxC: jax.Array) -> jax.Array:
@@ -185,7 +190,7 @@ def random_alexnet_params(seed: int = 0) -> dict[str, Any]:
     return AlexNetFeatures().init(jax.random.PRNGKey(seed), jnp.zeros((1, 64, 64, 3)))["params"]
 
 
-def load_scorer(lpips_dir: str | os.PathLike):
+def load_scorer(lpips_dir: paths.PathLike):
     """A callable (uint8 a, uint8 b) -> float LPIPS with weights from `lpips_dir` (see
     `find_lpips_files`); raises MetricUnavailable naming the missing file."""
     params = load_lpips_params(lpips_dir)

@@ -30,6 +30,7 @@ metric as unavailable, never a made-up number.
 from __future__ import annotations
 
 import functools
+import io
 import os
 from pathlib import Path
 
@@ -37,6 +38,8 @@ import numpy as np
 import scipy.io
 import scipy.ndimage
 import scipy.special
+
+from lfcsr_jax import paths
 
 # BT.601 luma coefficients for RGB in [0, 255] (MATLAB rgb2ycbcr / BasicSR `rgb2ycbcr`).
 _Y_COEFFS_RGB = np.array([65.481, 128.553, 24.966], dtype=np.float64) / 255.0
@@ -179,18 +182,18 @@ DEFAULT_NIQE_PARAMS = Path(__file__).resolve().parent / "data" / "niqe_pris_para
 
 def load_niqe_params(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Pristine model (mu (36,), cov (36, 36)) from BasicSR's niqe_pris_params.npz or the LIVE
-    release's modelparameters.mat."""
-    path = Path(path)
+    release's modelparameters.mat; `path` may be a gs:// URI."""
+    path = paths.location(path)
     if not path.is_file():
         raise MetricUnavailable(
             f"NIQE: pristine model file {path} not found (need niqe_pris_params.npz from BasicSR or "
             "modelparameters.mat from the LIVE NIQE release)"
         )
-    if path.suffix == ".npz":
-        data = np.load(path)
+    if path.suffix == ".npz":  # read whole, then parsed in memory (works for every store)
+        data = np.load(io.BytesIO(path.read_bytes()))
         keys = ("mu_pris_param", "cov_pris_param")
     elif path.suffix == ".mat":
-        data = scipy.io.loadmat(path)
+        data = scipy.io.loadmat(io.BytesIO(path.read_bytes()))
         keys = ("mu_prisparam", "cov_prisparam")
     else:
         raise ValueError(f"NIQE: {path}: expected a .npz or .mat pristine model file")
@@ -293,7 +296,7 @@ def niqe(img_u8: np.ndarray, params: tuple[np.ndarray, np.ndarray], crop_border:
 def nrqm(img_u8: np.ndarray, model_file: str | os.PathLike | None = None) -> float:
     """Ma et al. NRQM. Not computable here: always raises `MetricUnavailable` naming what is missing."""
     del img_u8
-    if not model_file or not Path(model_file).is_file():
+    if not model_file or not paths.location(model_file).is_file():
         raise MetricUnavailable(
             "NRQM: needs model.mat (the trained regression forests of Ma et al., repository "
             f"chaoma99/sr-metric); not found at {model_file!r}. PI = ((10 - NRQM) + NIQE) / 2 "

@@ -16,10 +16,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from lfcsr_jax import paths
+from lfcsr_jax.paths import Path
 
 OBJECTIVE_ALIASES = ("Y'", "Yp", "objective", "Y_O")
 PERCEPTUAL_ALIASES = ("Y", "perceptual", "Y_P")
@@ -75,7 +77,7 @@ class Interpolation:
         return {self.label(alpha): alpha * a + (1.0 - alpha) * b for alpha in self.alphas}
 
 
-def parse_lf_transform(spec: str, checkpoint: str) -> tuple[str, str]:
+def parse_lf_transform(spec: str, checkpoint: paths.PathLike) -> tuple[str, str]:
     """(lowpass, band) of T: `spec` when given, else the export's training config, else Haar LL."""
     if spec:
         if spec not in LF_TRANSFORMS:
@@ -83,7 +85,7 @@ def parse_lf_transform(spec: str, checkpoint: str) -> tuple[str, str]:
         kind, _, high = spec.partition("_")
         return kind, "high" if high else "low"
     admm_cfg: dict[str, Any] = {}
-    config_file = Path(checkpoint) / "config.json" if checkpoint else None
+    config_file = paths.location(checkpoint) / "config.json" if checkpoint else None
     if config_file is not None and config_file.is_file():
         admm_cfg = (json.loads(config_file.read_text()).get("config") or {}).get("admm") or {}
     return admm_cfg.get("lowpass", "haar"), admm_cfg.get("constrained_band", "low")
@@ -115,7 +117,7 @@ def _curve_of(rows: Mapping[str, Mapping[str, float]], prefix: str) -> list[tupl
     return sorted(out, key=lambda t: t[0])
 
 
-def plot(rows: Mapping[str, Mapping[str, float]], path: str | Path, x_metric: str, title: str = "",
+def plot(rows: Mapping[str, Mapping[str, float]], path: paths.PathLike, x_metric: str, title: str = "",
          interpolations: Sequence[Interpolation] = (), sources: Sequence[str] = (),
          references: Sequence[Mapping[str, Any]] = ()) -> Path:
     """Writes the PD plane of one dataset's rows (evaluate's labels) to `path` (PNG)."""
@@ -156,8 +158,7 @@ def plot(rows: Mapping[str, Mapping[str, float]], path: str | Path, x_metric: st
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    try:
+        return diagnostics.save_figure(fig, path)
+    finally:
+        plt.close(fig)

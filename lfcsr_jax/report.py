@@ -17,10 +17,13 @@ from __future__ import annotations
 import html
 import json
 import re
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from lfcsr_jax import paths
+from lfcsr_jax.paths import Path
 
 FILES = "report_files"
 
@@ -61,12 +64,12 @@ def save_image_set(report_dir: Path, dataset: str, name: str, shown: Mapping[str
     x, y, size = crop
     size = min(size, h, w)
     x, y = min(max(0, x), w - size), min(max(0, y), h - size)
-    folder = Path(FILES) / slug(dataset) / slug(name)
+    folder = PurePosixPath(FILES) / slug(dataset) / slug(name)  # relative: the page's links
     images = []
     for label, img in {**shown, "HR": hr}.items():
         full, cropped = folder / f"{slug(label)}.png", folder / f"crop_{slug(label)}.png"
-        image_io.write_png(report_dir / full, img)
-        image_io.write_png(report_dir / cropped, img[y:y + size, x:x + size])
+        image_io.write_png(Path(report_dir) / full.as_posix(), img)
+        image_io.write_png(Path(report_dir) / cropped.as_posix(), img[y:y + size, x:x + size])
         images.append({"label": label, "full": full.as_posix(), "crop": cropped.as_posix()})
     return {"dataset": dataset, "name": name, "width": w, "height": h, "crop": [x, y, size],
             "images": images}
@@ -217,8 +220,8 @@ _SCRIPT = r"""
 """
 
 
-def write_report(output_dir: Path, results: Mapping[str, Any], metric_names: Sequence[str],
-                 planes: Mapping[str, Path], images: Mapping[str, Sequence[Mapping[str, Any]]],
+def write_report(output_dir: paths.PathLike, results: Mapping[str, Any], metric_names: Sequence[str],
+                 planes: Mapping[str, paths.PathLike], images: Mapping[str, Sequence[Mapping[str, Any]]],
                  info: Mapping[str, Any], unavailable: Mapping[str, str]) -> Path:
     """Writes output_dir/report.html (the images were written by save_image_set)."""
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -250,7 +253,9 @@ def write_report(output_dir: Path, results: Mapping[str, Any], metric_names: Seq
             index += 1
     parts.append('<pre id="selftest"></pre>')
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
-    path = Path(output_dir) / "report.html"
-    path.write_text("\n".join(parts))
-    (Path(output_dir) / FILES / "index.json").write_text(json.dumps(images, indent=1))
+    output_dir = Path(output_dir)
+    path = output_dir / "report.html"
+    paths.write_text_atomic(path, "\n".join(parts))
+    (output_dir / FILES).mkdir(parents=True, exist_ok=True)  # no images: no folder yet (local)
+    paths.write_text_atomic(output_dir / FILES / "index.json", json.dumps(images, indent=1))
     return path

@@ -2,7 +2,8 @@
 
 A folder holds one SR image per HR image of a benchmark, either flat (FOLDER/*.png) or one
 subfolder per benchmark (FOLDER/Set5/*.png, FOLDER/Set14/*.png; the dataset name is matched
-case-insensitively, B100 = BSD100). Each file is matched to its HR image by name:
+case-insensitively, B100 = BSD100); FOLDER is a local path or a gs:// URI. Each file is matched
+to its HR image by name:
 
 - the file stem is lower-cased and the usual method suffixes are stripped: SelfExSR's
   `_SRF_4_<anything>` (img_001_SRF_4_SelfExSR.png), then repeatedly `_x4` / `x4`, `_SR`, `_rlt`,
@@ -18,10 +19,12 @@ differs from the (modcropped) HR raises SourceError naming the file and the fold
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from lfcsr_jax import paths
+from lfcsr_jax.paths import Path
 
 # Stripped repeatedly from the end of a lower-cased stem (after the SelfExSR `_srf_N_...` tail).
 _SUFFIXES = re.compile(r"(_x\d+|x\d+|_sr|_rlt|_out|_output|_hr)$")
@@ -45,7 +48,7 @@ def parse_sr_dirs(specs: Sequence[str]) -> dict[str, Path]:
             raise SourceError(f"--sr_dir={spec!r}: NAME {name!r} is reserved or has a comma")
         if name in out:
             raise SourceError(f"--sr_dir: NAME {name!r} given twice")
-        path = Path(folder).expanduser()
+        path = paths.location(folder)
         if not path.is_dir():
             raise SourceError(f"--sr_dir={spec!r}: folder {path} does not exist")
         out[name] = path
@@ -63,7 +66,7 @@ def stem_key(stem: str, scale: int = 4) -> str:
         key = stripped
 
 
-def hr_keys(benchmark_dir: Path | None, item_names: Sequence[str], scale: int = 4) -> dict[str, set[str]]:
+def hr_keys(benchmark_dir: paths.PathLike | None, item_names: Sequence[str], scale: int = 4) -> dict[str, set[str]]:
     """item name -> every key it may be matched by (its name and its HR file's stem key)."""
     keys = {name: {stem_key(name, scale), name.lower()} for name in item_names}
     if benchmark_dir is not None:
@@ -141,9 +144,9 @@ def read_matching(path: Path, hr_u8: np.ndarray) -> np.ndarray:
 class SourceSet:
     """All --sr_dir folders; `files_for(dataset, items)` resolves and checks every file up front."""
 
-    def __init__(self, folders: dict[str, Path], data_dir: str | Path, scale: int = 4):
+    def __init__(self, folders: dict[str, Path], data_dir: paths.PathLike, scale: int = 4):
         self.folders = folders
-        self.data_dir = Path(data_dir)
+        self.data_dir = paths.location(data_dir)
         self.scale = scale
         self._files: dict[str, dict[str, Path]] = {}
 
