@@ -86,11 +86,9 @@ def _run(root: str, export: str) -> dict:
 def test_evaluate_on_gcs_matches_local_run(shared_data, tmp_path, gcs_root):
     local = tmp_path / "local"
     _make_inputs(shared_data, local)
-    export_local = make_tiny_export(local / "export")
-    # The export's files copied as they are: the same weights, and this test does not depend on
-    # TensorStore writing to the emulator, which can fail after a local export in the same
-    # process ("Malformed StorageGeneration"; gcs_test.py covers save_export on gs://).
     _upload(local, gcs_root)
+    export_local = make_tiny_export(local / "export")
+    make_tiny_export(f"{gcs_root}/export")  # same seed: the same weights
 
     want = _run(os.fspath(local), os.fspath(export_local))
     got = _run(gcs_root, f"{gcs_root}/export")
