@@ -31,11 +31,11 @@ import math
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from lfcsr_jax import paths
 from lfcsr_jax.cli_errors import UserError, reports_user_errors
 from lfcsr_jax.configuration import load_config_file
 
@@ -230,13 +230,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--latency_size", type=int, default=128, help="LR side of the timed image")
     p.add_argument("--repeats", type=int, default=3, help="timed runs after the compile run")
     p.add_argument("--no_latency", action="store_true", help="skip the (slow on CPU) timing")
-    p.add_argument("--output", default="", help="also write the JSON here")
+    p.add_argument("--output", default="", help="also write the JSON here (local or gs://)")
     args = p.parse_args(argv)
     if args.latency_size < 1:
         raise UserError(f"--latency_size={args.latency_size} must be a positive LR side in pixels")
     if args.repeats < 1:
         raise UserError(f"--repeats={args.repeats} must be at least 1")
-    if args.output and Path(args.output).is_dir():
+    if args.output and paths.location(args.output).is_dir():
         raise UserError(f"--output={args.output} is a folder; name the JSON file to write")
     config = load_config(args.config)
     model_cfg = config.model.to_dict()
@@ -245,8 +245,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = {"config": args.config, **out}
     text = json.dumps(out, indent=1)
     print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    if args.output:  # local or gs://, written whole (a reader never sees half a JSON)
+        paths.write_text_atomic(paths.location(args.output), text + "\n")
     return out
 
 

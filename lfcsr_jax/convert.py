@@ -8,6 +8,9 @@ Every key is accounted for: missing, unknown and mis-shaped keys all raise one C
 ValueError) that counts each kind and names the first few of each. A file that is not a state
 dict, a wrong --output and the like end the command with one `convert: error: ...` line (exit 2). The MeanShift constants (`sub_mean`, `add_mean`) are frozen in our networks;
 they are checked against the configured mean and not imported.
+
+--input and --output may be local paths or gs:// URIs (lfcsr_jax.paths); --config is a local
+Python file.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, Callable, Iterator, Mapping
 import jax
 import numpy as np
 
+from lfcsr_jax import paths
 from lfcsr_jax.cli_errors import UserError, reports_user_errors
 from lfcsr_jax.configuration import load_config_file
 from lfcsr_jax.models import generator
@@ -267,11 +271,24 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- CLI
 
-def _check_output(output: Path, source: Path) -> None:
-    if output.resolve() == source.resolve():
+def _same_location(a: paths.Path, b: paths.Path) -> bool:
+    """Local paths compare resolved (symlinks followed); URIs as normalised text."""
+    if paths.is_remote(a) or paths.is_remote(b):
+        return str(a) == str(b)
+    return a.resolve() == b.resolve()
+
+
+def _check_output(output: paths.Path, source: paths.Path) -> None:
+    if _same_location(output, source):
         raise ConvertError(f"--output {output} is the input file; refusing to write over it")
     if output.exists():
         raise ConvertError(f"--output {output} already exists; refusing to overwrite it")
+    if paths.is_remote(output):
+        # gs:// has no folders to walk up (and above the bucket, epath's parent leaves the URI):
+        # only an object right at the parent's name would make the write impossible.
+        if output.parent.is_file():
+            raise ConvertError(f"--output {output}: {output.parent} is a file, not a folder")
+        return
     parent = output.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -283,24 +300,25 @@ def convert_pdasr(
     input_path: str | os.PathLike,
     output_dir: str | os.PathLike,
     config: str | os.PathLike = DEFAULT_CONFIG,
-) -> Path:
+) -> paths.Path:
     """Authors' checkpoint -> an lfcsr_jax export directory (checkpointing.save_export)."""
     from lfcsr_jax import checkpointing
 
-    input_path, output_dir = Path(input_path), Path(output_dir)
+    input_path, output_dir = paths.location(input_path), paths.location(output_dir)
     _check_output(output_dir, input_path)
     model_cfg = load_config_file(config).model
     params = pdasr_params_from_state_dict(_read_state_dict(input_path), model_cfg)
     model_dict = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
-    extra = {"converted_from": str(input_path.resolve()), "converter": "lfcsr_jax.convert pdasr"}
+    source = str(input_path) if paths.is_remote(input_path) else str(input_path.resolve())
+    extra = {"converted_from": source, "converter": "lfcsr_jax.convert pdasr"}
     return checkpointing.save_export(output_dir, params, model_dict, extra_info=extra)
 
 
-def convert_vgg19(input_path: str | os.PathLike, output_path: str | os.PathLike) -> Path:
+def convert_vgg19(input_path: str | os.PathLike, output_path: str | os.PathLike) -> paths.Path:
     """torchvision .pth or Keras .h5/.keras VGG19 -> our params file (via lfcsr_jax.vgg_weights)."""
     from lfcsr_jax import vgg_weights  # Written separately; needed only by this command.
 
-    input_path, output_path = Path(input_path), Path(output_path)
+    input_path, output_path = paths.location(input_path), paths.location(output_path)
     if output_path.suffix.lower() != ".npz":
         # np.savez would silently add .npz, and training reads the file only under that name.
         raise ConvertError(f"--output {output_path}: must end with .npz (e.g. "
@@ -313,6 +331,8 @@ def convert_vgg19(input_path: str | os.PathLike, output_path: str | os.PathLike)
     except (OSError, ValueError) as e:  # vgg_weights' messages name the file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConvertError(first) from e
+    if not paths.is_remote(output_path):  # _check_output allowed folders still to be created
+        output_path.parent.mkdir(parents=True, exist_ok=True)
     vgg_weights.save_vgg19_params(output_path, weights.params, weights.input_convention)
     return output_path
 

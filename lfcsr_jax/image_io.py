@@ -8,13 +8,15 @@ with MATLAB's `im2uint8` rounding, round(v / 257).
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import os
-from pathlib import Path
+import pathlib
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lfcsr_jax import paths
 from lfcsr_jax.cli_errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
@@ -30,21 +32,22 @@ def _uint16_to_uint8(x: np.ndarray) -> np.ndarray:
     return ((2 * x.astype(np.uint32) + 257) // 514).astype(np.uint8)
 
 
-def _png_bit_depth(path: Path) -> int | None:
+def _png_bit_depth(data: bytes) -> int | None:
     """Bit depth from a PNG's IHDR chunk (PIL silently truncates 16-bit RGB to its high byte)."""
-    with open(path, "rb") as f:
-        head = f.read(26)
-    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE):
+    if len(data) < 26 or not data.startswith(_PNG_SIGNATURE):
         return None
-    return head[24]
+    return data[24]
 
 
-def _read_png16(path: Path) -> np.ndarray:
-    """Full-precision decode of a 16-bit PNG through TensorFlow (imported only for this case)."""
+def _decode_png16(data: bytes) -> np.ndarray:
+    """Full-precision decode of a 16-bit PNG through TensorFlow (imported only for this case).
+
+    TensorFlow gets the bytes, not the path: its own GCS client cannot be pointed at another
+    endpoint (emulator, proxy), while the bytes came through the one path type (paths.py)."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     tf.config.set_visible_devices([], "GPU")
-    x = tf.io.decode_png(tf.io.read_file(str(path)), channels=0, dtype=tf.uint16).numpy()
+    x = tf.io.decode_png(data, channels=0, dtype=tf.uint16).numpy()
     return _to_rgb_channels(_uint16_to_uint8(x))
 
 
@@ -71,16 +74,26 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """The image at `path` as RGB uint8 (H, W, 3); ImageReadError naming the file otherwise."""
-    path = Path(path)
+def _read_bytes(path: paths.Path) -> bytes:
+    """The whole file (local or gs://), one read; ImageReadError naming it if that fails."""
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     try:
-        if _png_bit_depth(path) == 16:
-            x = _read_png16(path)
+        return path.read_bytes()
+    except Exception as e:  # OSError locally; gcsfs raises its own HTTP errors
+        raise ImageReadError(f"{path}: cannot read ({type(e).__name__}: {e})") from e
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """The image at `path` (local or gs://) as RGB uint8 (H, W, 3); ImageReadError naming the
+    file otherwise. The file is read once into memory and decoded from there."""
+    path = paths.location(path)
+    data = _read_bytes(path)
+    try:
+        if _png_bit_depth(data) == 16:
+            x = _decode_png16(data)
         else:
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(data)) as img:
                 img.load()  # decodes everything now, so truncation fails here, not later.
                 x = _pil_to_rgb(img)
     except UnidentifiedImageError as e:
@@ -100,22 +113,36 @@ def read_images(paths: Sequence[str | os.PathLike], num_threads: int = 4) -> lis
         return list(pool.map(read_image, paths))
 
 
-def list_images(directory: str | os.PathLike) -> list[Path]:
-    """Image files in `directory` (by suffix, sorted); a clear error if missing or empty."""
-    directory = Path(directory)
-    if not str(directory) or not directory.is_dir():
+def list_images(directory: str | os.PathLike) -> list[paths.Path] | list[pathlib.Path]:
+    """Image files in `directory` (by suffix, sorted, not recursive); a clear error if missing
+    or empty. A gs:// folder gives epath paths. A local folder gives pathlib paths below the
+    folder as given, as before: input_pipeline keys its LR cache on `path.stat().st_mtime_ns`,
+    which epath's stat lacks."""
+    remote = paths.is_remote(directory)
+    shown = paths.location(directory) if remote else pathlib.Path(directory)
+    if not os.fspath(directory) or not paths.location(directory).is_dir():
+        raise FileNotFoundError(f"image folder {str(shown)!r} does not exist or is not a folder")
+    # iterdir, not glob: recursive globs are not supported on gs://, and the suffix test is
+    # case-insensitive anyway.
+    names = sorted(p.name for p in paths.location(directory).iterdir()
+                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not names:
         raise FileNotFoundError(
-            f"image folder {str(directory)!r} does not exist or is not a folder")
-    files = sorted(p for p in directory.iterdir()
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(
-            f"image folder {directory} holds no images (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return files
+            f"image folder {shown} holds no images (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return [shown / name for name in names]
+
+
+def encode_png(image_HxWx3: np.ndarray) -> bytes:
+    """An RGB uint8 image as PNG file bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image_HxWx3, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def write_png(path: str | os.PathLike, image_HxWx3: np.ndarray) -> None:
-    """Saves an RGB uint8 image as PNG, creating the parent folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(image_HxWx3, dtype=np.uint8)).save(path)
+    """Saves an RGB uint8 image as PNG (local or gs://), creating a local parent folder; readers
+    never see a partial file (paths.write_bytes_atomic)."""
+    target = paths.location(path)
+    if not paths.is_remote(target):
+        target.parent.mkdir(parents=True, exist_ok=True)  # gs:// has no folders to create
+    paths.write_bytes_atomic(target, encode_png(image_HxWx3))

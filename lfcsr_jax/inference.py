@@ -15,7 +15,9 @@ Shared by `super_resolve` (image files) and `evaluate` (benchmarks).
 * `configure_compilation_cache`: JAX's persistent compilation cache in
   ~/.cache/lfcsr_jax/xla (XDG_CACHE_HOME respected; LFCSR_XLA_CACHE or the programs'
   --xla_cache_dir override it, 'off' disables it), caching every program, CPU ones included, so a
-  second run of the same command loads its executables instead of compiling them.
+  second run of the same command loads its executables instead of compiling them. A gs:// cache
+  folder is handed to JAX as is (JAX reads and writes it through etils.epath, i.e. gcsfs here).
+* Checkpoints may be local folders or gs:// URIs (lfcsr_jax.paths).
 * `estimate_activation_bytes` / `free_device_memory`: when to tile and how many images to batch.
 """
 
@@ -32,6 +34,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from lfcsr_jax import paths
 from lfcsr_jax.cli_errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16")  # generator.compute_dtype accepts these three
@@ -182,8 +185,10 @@ class LoadedModel:
         return estimate_activation_bytes(self.config, hb, wb, batch)
 
 
-def load_model(checkpoint: str | Path, dtype: str = "", bucket: int = BUCKET) -> LoadedModel:
-    """Reads an export (checkpointing.save_export) and jits the two-stage forward.
+def load_model(checkpoint: str | os.PathLike, dtype: str = "",
+               bucket: int = BUCKET) -> LoadedModel:
+    """Reads an export (checkpointing.save_export; a local folder or a gs:// URI) and jits the
+    two-stage forward.
 
     `dtype`: '' / 'auto' = bfloat16 on GPU/TPU, float32 on CPU; or a named compute dtype. Params
     are cast to it once here; outputs are float32. `bucket`: see the module docstring.
@@ -193,8 +198,11 @@ def load_model(checkpoint: str | Path, dtype: str = "", bucket: int = BUCKET) ->
     from lfcsr_jax import checkpointing  # pylint: disable=import-outside-toplevel
     from lfcsr_jax.models import generator  # pylint: disable=import-outside-toplevel
 
-    path = Path(checkpoint)
-    if not str(checkpoint) or not path.exists():
+    if not os.fspath(checkpoint):
+        raise InferenceError("checkpoint '' does not exist (pass an export directory written by "
+                             "save_export / the training program)")
+    path = paths.location(checkpoint)
+    if not path.exists():
         raise InferenceError(f"checkpoint {str(checkpoint)!r} does not exist (pass an export "
                              "directory written by save_export / the training program)")
     if not path.is_dir():
@@ -218,7 +226,7 @@ def load_model(checkpoint: str | Path, dtype: str = "", bucket: int = BUCKET) ->
     return LoadedModel(model_cfg, params, *fns, bucket=bucket)
 
 
-def check_params_match_config(path: Path, model_cfg: dict[str, Any], params: Any) -> None:
+def check_params_match_config(path: paths.Path, model_cfg: dict[str, Any], params: Any) -> None:
     """An export whose config.json no longer describes its params/ is named, not a flax error."""
     import jax  # pylint: disable=import-outside-toplevel
 
@@ -351,21 +359,28 @@ def default_cache_dir() -> Path:
     return Path(base) / "lfcsr_jax" / "xla"
 
 
-def configure_compilation_cache(cache_dir: str = "") -> Path | None:
+def configure_compilation_cache(cache_dir: str = "") -> Path | paths.Path | None:
     """Turns on JAX's persistent compilation cache: `cache_dir`, else $LFCSR_XLA_CACHE, else
     default_cache_dir(); 'off' / '0' / 'none' leaves it off. Every program is cached (no minimum
-    compile time or size), so CPU compiles are reused too. Returns the folder (None: off)."""
+    compile time or size), so CPU compiles are reused too. Returns the folder (None: off).
+
+    A gs:// folder is supported: JAX opens non-local cache folders through etils.epath (so
+    gcsfs here, like every other gs:// location); it is created on first write, nothing to make."""
     import jax  # pylint: disable=import-outside-toplevel
 
     choice = cache_dir or os.environ.get(CACHE_ENV, "")
     if choice.strip().lower() in ("off", "0", "none", "false"):
         return None
-    folder = Path(choice).expanduser() if choice else default_cache_dir()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InferenceError(f"compilation cache {folder}: cannot create it ({e.strerror or e}); "
-                             f"pass --xla_cache_dir=off or another folder") from e
+    if paths.is_remote(choice):
+        folder: Path | paths.Path = paths.location(choice)
+    else:
+        folder = Path(choice).expanduser() if choice else default_cache_dir()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InferenceError(f"compilation cache {folder}: cannot create it "
+                                 f"({e.strerror or e}); pass --xla_cache_dir=off or another "
+                                 "folder") from e
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)

@@ -12,16 +12,19 @@ programs; same-bucket images run --batch at a time (bounded by free memory); rea
 writes run in a small thread pool beside the device; compiled programs persist in
 ~/.cache/lfcsr_jax/xla (--xla_cache_dir). The summary line reports the compile count.
 
+INPUT, --checkpoint and --output: local paths or gs:// URIs (lfcsr_jax.paths), mixed freely.
 INPUT: image files and/or folders of images (not recursive). Grayscale, gray+alpha, palette, RGBA
 (alpha dropped) and 16-bit images are read as RGB uint8 (image_io.py); outputs are always RGB.
 --alpha blends the two stages: 0 = the perceptual output Y (the model's final output, default),
 1 = the objective output Y', in between alpha Y' + (1 - alpha) Y.
 --format png: clamped to [0, 255] and rounded; npy: float32 on the 0-255 scale, unquantised.
 --output: a folder (files are named <stem>_x4.<format>), or a file path ending in .png/.npy when
-there is exactly one input image. Refuses to write over any input (compared by file identity, so
-a hard link to an input counts as that input). Every output is written to a temporary file in its
-folder and renamed into place, so an interrupted or failed write never leaves a truncated file
-under the final name. The output location is checked before the model is loaded.
+there is exactly one input image. Refuses to write over any input (local files compared by file
+identity, so a hard link to an input counts as that input; gs:// objects by their URI). Every
+output is encoded in memory, then written whole: locally to a temporary file in its folder that
+is renamed into place, on gs:// as one upload (an object appears complete or not at all), so an
+interrupted or failed write never leaves a truncated file under the final name. The output
+location is checked before the model is loaded.
 A file that cannot be read or written is reported on stderr and the others are still processed;
 the command then ends with `written N, failed M: ...` and exit status 2 (--fail_fast: stop at the
 first bad file instead).
@@ -51,16 +54,17 @@ untiled and the estimate is printed.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lfcsr_jax import inference
+from lfcsr_jax import inference, paths
 from lfcsr_jax.cli_errors import check_output_dir, reports_user_errors
+
+Path = paths.Path  # every input and output location, local or gs://
 
 OUTPUT_FORMATS = ("png", "npy")
 # Suffixes that show --output was meant as one file (of a format we do not write).
@@ -169,15 +173,15 @@ def super_resolve_array(model: LoadedModel, lr_hxwx3: np.ndarray, alpha: float =
 
 
 def collect_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Image files named directly or found (by suffix) in the given folders."""
+    """Image files named directly or found (by suffix) in the given folders (local or gs://)."""
     from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
 
     files: list[Path] = []
     for item in inputs:
-        path = Path(item)
+        path = paths.location(item)
         if path.is_dir():
             try:
-                files.extend(image_io.list_images(path))
+                files.extend(paths.location(f) for f in image_io.list_images(path))
             except FileNotFoundError as e:
                 raise SuperResolveError(f"input {item}: {e}") from e
         elif path.is_file():
@@ -190,7 +194,18 @@ def collect_inputs(inputs: Sequence[str]) -> list[Path]:
 
 
 def _is_single_file(output: str) -> bool:
-    return Path(output).suffix.lower() in _FILE_LIKE_SUFFIXES and not Path(output).is_dir()
+    out = paths.location(output)
+    return out.suffix.lower() in _FILE_LIKE_SUFFIXES and not out.is_dir()
+
+
+def _check_output_folder(folder: Path, flag: str) -> None:
+    """Local: cli_errors.check_output_dir (an existing or creatable, writable folder). gs://: no
+    folders to create or permissions to probe before writing; only an object at the folder's
+    own name is certain to fail."""
+    if not paths.is_remote(folder):
+        check_output_dir(folder, flag)
+    elif folder.is_file():
+        raise SuperResolveError(f"{flag}={folder} exists and is not a folder")
 
 
 def check_output(output: str, fmt: str, num_inputs: int) -> None:
@@ -199,7 +214,7 @@ def check_output(output: str, fmt: str, num_inputs: int) -> None:
         raise SuperResolveError(f"--format={fmt}: choose one of {OUTPUT_FORMATS}")
     if not output:
         raise SuperResolveError("--output is required (a folder, or a .png/.npy file for one input)")
-    out = Path(output)
+    out = paths.location(output)
     if _is_single_file(output):
         if out.suffix.lower() not in (".png", ".npy"):
             raise SuperResolveError(f"--output={out}: {out.suffix} files are not written; name a "
@@ -209,16 +224,23 @@ def check_output(output: str, fmt: str, num_inputs: int) -> None:
                                     "were given")
         if out.suffix.lower() != f".{fmt}":
             raise SuperResolveError(f"--output={out} does not end with .{fmt} (--format={fmt})")
-        check_output_dir(out.parent if str(out.parent) else ".", "--output's folder")
+        _check_output_folder(out.parent, "--output's folder")
     else:
-        check_output_dir(out, "--output")
+        _check_output_folder(out, "--output")
+
+
+def _identity(path: Path) -> str:
+    """What names one file: a local path resolved (symlinks followed), a URI as normalised text."""
+    return str(path) if paths.is_remote(path) else str(path.resolve())
 
 
 def _same_file(a: Path, b: Path) -> bool:
+    if paths.is_remote(a) or paths.is_remote(b):
+        return _identity(a) == _identity(b)
     try:
-        return os.path.samefile(a, b)
+        return os.path.samefile(a, b)  # device and inode: hard links count
     except OSError:  # one of them does not exist (yet)
-        return a.resolve() == b.resolve()
+        return _identity(a) == _identity(b)
 
 
 def plan_outputs(files: Sequence[Path], output: str, fmt: str, scale: int) -> list[Path]:
@@ -228,52 +250,49 @@ def plan_outputs(files: Sequence[Path], output: str, fmt: str, scale: int) -> li
     link to an input can make the program write over it.
     """
     check_output(output, fmt, len(files))
-    out = Path(output)
+    out = paths.location(output)
     if _is_single_file(output):
         targets = [out]
     else:
         targets = [out / f"{f.stem}_x{scale}.{fmt}" for f in files]
-    seen: set[Path] = set()
+    inputs = {_identity(f) for f in files}
+    seen: set[str] = set()
     for source, target in zip(files, targets):
         if target.exists():
             clash = next((f for f in files if _same_file(target, f)), None)
             if clash is not None:
                 raise SuperResolveError(f"output {target} would overwrite the input {clash}")
-        elif target.resolve() in {f.resolve() for f in files}:
+        elif _identity(target) in inputs:
             raise SuperResolveError(f"output {target} would overwrite the input {target}")
-        if target.resolve() in seen:
+        if _identity(target) in seen:
             raise SuperResolveError(f"two inputs would both be written to {target} (input {source})")
-        seen.add(target.resolve())
+        seen.add(_identity(target))
     return targets
 
 
-def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """`write(binary file)` into a temporary file beside `path`, then renamed onto `path`.
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+    """`write(binary file)` into memory, then the bytes written whole onto `path` (local or gs://).
 
-    The rename is atomic, so `path` holds either its old content or the complete new one, even
-    if the process is killed or the disk fills up; the temporary file is removed on failure.
-    An existing `path` is replaced as a new file (a hard link to it keeps the old content).
+    paths.write_bytes_atomic: locally a temporary file beside `path` renamed onto it, on gs://
+    one upload; either way `path` holds its old content or the complete new one, even if the
+    process is killed or the disk fills up, and nothing is left behind on failure. An existing
+    local `path` is replaced as a new file (a hard link to it keeps the old content). A failed
+    gs:// write is raised as OSError, like a local one, so the caller reports it per file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    buffer = io.BytesIO()
+    write(buffer)  # encoding errors surface before anything is touched
+    target = paths.location(path)
+    if not paths.is_remote(target):
+        target.parent.mkdir(parents=True, exist_ok=True)  # gs:// has no folders to create
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; a normal file respects umask
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
+        paths.write_bytes_atomic(target, buffer.getvalue())
+    except OSError:
         raise
+    except Exception as e:  # gcsfs' HTTP errors are not OSErrors
+        raise OSError(f"{type(e).__name__}: {e}") from e
 
 
-def write_output(path: Path, sr_hxwx3: np.ndarray, fmt: str) -> None:
+def write_output(path: str | os.PathLike, sr_hxwx3: np.ndarray, fmt: str) -> None:
     from PIL import Image  # pylint: disable=import-outside-toplevel
 
     from lfcsr_jax import metrics  # pylint: disable=import-outside-toplevel
@@ -289,9 +308,10 @@ def write_output(path: Path, sr_hxwx3: np.ndarray, fmt: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lfcsr_jax.super_resolve",
                                 description="Super-resolve images with an LFc-SR export.")
-    p.add_argument("inputs", nargs="+", help="image files and/or folders")
-    p.add_argument("--checkpoint", required=True, help="export directory")
-    p.add_argument("--output", required=True, help="output folder, or one .png/.npy file")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders (local or gs://)")
+    p.add_argument("--checkpoint", required=True, help="export directory (local or gs://)")
+    p.add_argument("--output", required=True,
+                   help="output folder, or one .png/.npy file (local or gs://)")
     p.add_argument("--alpha", type=float, default=0.0, help="0 = perceptual Y, 1 = objective Y'")
     p.add_argument("--tile", type=int, default=0,
                    help="LR tile size (0 = whole image, tiled by itself only when the estimated "

@@ -10,8 +10,10 @@ Our .npz format stores that convention beside the params ('meta/input_convention
 `load_vgg19_weights` returns both together as a `VGG19Weights`, so the loss normalises its input
 as the file's weights require.
 
-Nothing here downloads: every loader takes a local path. PyTorch-format files are read by
-`lfcsr_jax.state_dicts`; h5py is imported only to read Keras files.
+Nothing here downloads: every loader takes a path, local or gs:// (read through
+`lfcsr_jax.paths`; a gs:// Keras file is read into memory, as h5py opens only local files by
+name). PyTorch-format files are read by `lfcsr_jax.state_dicts`; h5py is imported only to read
+Keras files.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from lfcsr_jax import paths
 from lfcsr_jax.models.vgg19 import (INPUT_CONVENTIONS, VGG19_BLOCKS, VGG19_CONV_NAMES,
                                     VGG19Weights)
 from lfcsr_jax.state_dicts import check_keys, load_state_dict, oihw_to_hwio
@@ -121,11 +124,14 @@ def _keras_arrays_from_file(path: PathLike) -> dict[str, list[np.ndarray]]:
 
     where = os.fspath(path)
     try:
-        if zipfile.is_zipfile(where):
-            with zipfile.ZipFile(where) as archive:
-                source: Any = io.BytesIO(archive.read("model.weights.h5"))
-        else:
-            source = where
+        # h5py and zipfile take a local name or a file object: a gs:// file comes as bytes.
+        source: Any = (io.BytesIO(paths.location(path).read_bytes()) if paths.is_remote(path)
+                       else where)
+        if zipfile.is_zipfile(source):
+            with zipfile.ZipFile(source) as archive:
+                source = io.BytesIO(archive.read("model.weights.h5"))
+        elif isinstance(source, io.BytesIO):
+            source.seek(0)  # is_zipfile read from it
         f = h5py.File(source, "r")
     except (OSError, KeyError) as error:
         raise ValueError(f"{where}: not a readable Keras weights file ({error})") from error
@@ -171,7 +177,7 @@ def _keras_arrays_v3(where: str, layers: Any) -> dict[str, list[np.ndarray]]:
 def vgg19_params_from_keras(path_or_model: PathLike | Any) -> Params:
     """keras.applications.VGG19(include_top=False) weights -> params.
 
-    `path_or_model`: a Keras model, or a local .h5 / .weights.h5 / .keras file.
+    `path_or_model`: a Keras model, or a .h5 / .weights.h5 / .keras file (local or gs://).
 
     Keras kernels are already HWIO. The Keras/Caffe weights read BGR input; we reverse the first
     conv's input-channel axis so the params take RGB. The result expects the 'caffe' input
@@ -211,8 +217,10 @@ def save_vgg19_params(path: PathLike, params: Params, input_convention: str) -> 
     flat = {f"{name}/{leaf}": np.asarray(params[name][leaf], np.float32)
             for name in VGG19_CONV_NAMES for leaf in ("kernel", "bias")}
     flat[_CONVENTION_KEY] = np.asarray(input_convention)
-    with open(path, "wb") as f:  # a file object keeps np.savez from appending '.npz'
-        np.savez(f, **flat)
+    buffer = io.BytesIO()  # a file object keeps np.savez from appending '.npz'
+    np.savez(buffer, **flat)
+    # Whole or not at all, local or gs://: a failed write leaves no truncated weights file.
+    paths.write_bytes_atomic(path, buffer.getvalue())
 
 
 def _checked_convention(where: str, flat: Mapping[str, Any]) -> str:
@@ -238,8 +246,9 @@ def _vgg19_params_from_npz(where: str, flat: Mapping[str, np.ndarray]) -> VGG19W
 
 
 def _existing(path: PathLike) -> str:
+    """The path as text (local or gs://) once it names an existing file."""
     where = os.fspath(path)
-    if not os.path.isfile(where):
+    if not where or not paths.location(where).is_file():
         raise FileNotFoundError(f"VGG19 weights file not found: {where}")
     return where
 
@@ -263,8 +272,9 @@ def read_vgg19_input_convention(path: PathLike) -> str:
         return "torchvision"
     if not suffix.endswith(".npz"):
         raise _unknown_format(where)
-    try:
-        with np.load(where, allow_pickle=False) as data:  # lazy: reads the one entry it needs
+    try:  # lazy: reads the zip directory and the one entry it needs (ranged reads on gs://)
+        with paths.location(where).open("rb") as handle, \
+                np.load(handle, allow_pickle=False) as data:
             if any(k.startswith("features.") for k in data.files):
                 return "torchvision"
             meta = {k: data[k] for k in data.files if k == _CONVENTION_KEY}
@@ -274,7 +284,7 @@ def read_vgg19_input_convention(path: PathLike) -> str:
 
 
 def load_vgg19_weights(path: PathLike) -> VGG19Weights:
-    """Any supported local VGG19 weights file -> its params with their input convention.
+    """Any supported VGG19 weights file (local or gs://) -> its params with their input convention.
 
     .npz: ours (from `save_vgg19_params`) or torchvision keys; .pth/.pt: torchvision state_dict;
     .safetensors: torchvision keys; .h5/.keras: Keras VGG19 (convention 'caffe').
