@@ -63,9 +63,8 @@ def _upload(folder: Path, remote: str) -> None:
 def _tiny_export_on_gcs(tmp_path: Path, gcs_root: str) -> Path:
     """The tiny export, local and a copy on gs:// (config.json, the completion marker, last).
 
-    Copied rather than saved there: Orbax's concurrent OCDBT writes of its ~70 arrays meet
-    intermittent "Malformed StorageGeneration" errors against the emulator (tests/gcs_test.py
-    saves two-array exports there); what this file tests is reading exports from gs://."""
+    Copied rather than saved there: save_export to gs:// is tests/gcs_test.py's subject; this
+    file tests reading an export from gs://, and the copy is byte-identical to the local one."""
     export = Path(make_tiny_export(tmp_path / "export"))
     _upload(export / "params", f"{gcs_root}/export/params")
     _upload_file(export / "config.json", f"{gcs_root}/export/config.json")
