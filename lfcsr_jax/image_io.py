@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import os
-import pathlib
 from typing import Sequence
 
 import numpy as np
@@ -113,13 +112,12 @@ def read_images(paths: Sequence[str | os.PathLike], num_threads: int = 4) -> lis
         return list(pool.map(read_image, paths))
 
 
-def list_images(directory: str | os.PathLike) -> list[paths.Path] | list[pathlib.Path]:
+def list_images(directory: str | os.PathLike) -> list[paths.Path]:
     """Image files in `directory` (by suffix, sorted, not recursive); a clear error if missing
-    or empty. A gs:// folder gives epath paths. A local folder gives pathlib paths below the
-    folder as given, as before: input_pipeline keys its LR cache on `path.stat().st_mtime_ns`,
-    which epath's stat lacks."""
+    or empty. The paths are epath paths below the folder as given (a local one is not made
+    absolute, so messages show what the user typed)."""
     remote = paths.is_remote(directory)
-    shown = paths.location(directory) if remote else pathlib.Path(directory)
+    shown = paths.location(directory) if remote else paths.Path(directory)
     if not os.fspath(directory) or not paths.location(directory).is_dir():
         raise FileNotFoundError(f"image folder {str(shown)!r} does not exist or is not a folder")
     # iterdir, not glob: recursive globs are not supported on gs://, and the suffix test is

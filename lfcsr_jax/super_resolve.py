@@ -62,7 +62,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from lfcsr_jax import inference, paths
-from lfcsr_jax.cli_errors import check_output_dir, reports_user_errors
+from lfcsr_jax.cli_errors import check_output_dir, reports_user_errors, same_location
 
 Path = paths.Path  # every input and output location, local or gs://
 
@@ -198,16 +198,6 @@ def _is_single_file(output: str) -> bool:
     return out.suffix.lower() in _FILE_LIKE_SUFFIXES and not out.is_dir()
 
 
-def _check_output_folder(folder: Path, flag: str) -> None:
-    """Local: cli_errors.check_output_dir (an existing or creatable, writable folder). gs://: no
-    folders to create or permissions to probe before writing; only an object at the folder's
-    own name is certain to fail."""
-    if not paths.is_remote(folder):
-        check_output_dir(folder, flag)
-    elif folder.is_file():
-        raise SuperResolveError(f"{flag}={folder} exists and is not a folder")
-
-
 def check_output(output: str, fmt: str, num_inputs: int) -> None:
     """Checks the --output location (cheap, creates nothing) before the model is loaded."""
     if fmt not in OUTPUT_FORMATS:
@@ -224,23 +214,14 @@ def check_output(output: str, fmt: str, num_inputs: int) -> None:
                                     "were given")
         if out.suffix.lower() != f".{fmt}":
             raise SuperResolveError(f"--output={out} does not end with .{fmt} (--format={fmt})")
-        _check_output_folder(out.parent, "--output's folder")
+        check_output_dir(out.parent, "--output's folder")
     else:
-        _check_output_folder(out, "--output")
+        check_output_dir(out, "--output")
 
 
 def _identity(path: Path) -> str:
     """What names one file: a local path resolved (symlinks followed), a URI as normalised text."""
     return str(path) if paths.is_remote(path) else str(path.resolve())
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if paths.is_remote(a) or paths.is_remote(b):
-        return _identity(a) == _identity(b)
-    try:
-        return os.path.samefile(a, b)  # device and inode: hard links count
-    except OSError:  # one of them does not exist (yet)
-        return _identity(a) == _identity(b)
 
 
 def plan_outputs(files: Sequence[Path], output: str, fmt: str, scale: int) -> list[Path]:
@@ -259,7 +240,7 @@ def plan_outputs(files: Sequence[Path], output: str, fmt: str, scale: int) -> li
     seen: set[str] = set()
     for source, target in zip(files, targets):
         if target.exists():
-            clash = next((f for f in files if _same_file(target, f)), None)
+            clash = next((f for f in files if same_location(target, f)), None)
             if clash is not None:
                 raise SuperResolveError(f"output {target} would overwrite the input {clash}")
         elif _identity(target) in inputs:

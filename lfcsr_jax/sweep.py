@@ -22,7 +22,6 @@ import importlib.util
 import json
 import math
 import re
-import io
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -138,13 +137,6 @@ def _numeric(values: Sequence[Any]) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
-def _save_figure(fig: Any, path: paths.Path) -> None:
-    """PNG bytes in memory, then one whole-file write (local or gs://)."""
-    encoded = io.BytesIO()
-    fig.savefig(encoded, format="png")
-    paths.write_bytes_atomic(path, encoded.getvalue())
-
-
 def write_outputs(workdir: paths.Path, field: str,
                   settings: list[dict[str, Any]]) -> list[paths.Path]:
     """sweep_table.md, sweep.json and the figures; returns the written paths."""
@@ -189,7 +181,7 @@ def write_outputs(workdir: paths.Path, field: str,
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
             fig.tight_layout()
-            _save_figure(fig, workdir / f"pd_plane_{d}.png")
+            diagnostics.save_figure(fig, workdir / f"pd_plane_{d}.png")
             plt.close(fig)
             written.append(workdir / f"pd_plane_{d}.png")
         lf = [s["results"]["results"][d].get("lf_mae") for s in settings]
@@ -211,7 +203,7 @@ def write_outputs(workdir: paths.Path, field: str,
             ax.set_title(f"{d}: LF consistency")
             ax.grid(alpha=0.3)
             fig.tight_layout()
-            _save_figure(fig, workdir / f"lf_mae_{d}.png")
+            diagnostics.save_figure(fig, workdir / f"lf_mae_{d}.png")
             plt.close(fig)
             written.append(workdir / f"lf_mae_{d}.png")
     return written

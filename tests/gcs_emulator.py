@@ -12,7 +12,6 @@ in and cannot be pointed at an emulator; tests/gcs_test.py says which layers tha
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
