@@ -125,7 +125,7 @@ class Validator:
             lines.append(f"| {label} | {scores.get(f'psnr_{label}', float('nan')):.2f} | "
                          f"{scores.get(f'ssim_{label}', float('nan')):.4f} | "
                          f"{scores.get(f'niqe_{label}', float('nan')):.2f} |")
-        lines += ["", *ROW_EXPLANATIONS, "", *self._about,
+        lines += ["", *ROW_EXPLANATIONS, "", *_verdict(scores), "", *self._about,
                   f"- This process ran {(time.monotonic() - self._started) / 60:.1f} min "
                   "(training, validation, export).", "",
                   f"Generator export for evaluation: `{export_dir}`", ""]
@@ -172,6 +172,23 @@ ROW_EXPLANATIONS = (
     "- **perceptual** (Y, stage 2, wavelet Res-clique, PD-ADMM): trades some PSNR for a more "
     "natural look; judge it by NIQE (lower), not by PSNR.",
 )
+
+
+def _verdict(scores: dict[str, float]) -> list[str]:
+    """What this run's numbers say, in words (the same rule whatever they are)."""
+    lines = []
+    if "psnr_objective" in scores and "psnr_bicubic" in scores:
+        gain = scores["psnr_objective"] - scores["psnr_bicubic"]
+        lines.append(f"- Y' is {abs(gain):.2f} dB {'above' if gain >= 0 else 'below'} bicubic in "
+                     "PSNR" + ("." if gain >= 0 else ": it has not yet learned to beat it."))
+    if "niqe_perceptual" in scores and "niqe_objective" in scores:
+        better = scores["niqe_perceptual"] < scores["niqe_objective"]
+        lines.append(
+            f"- Y's NIQE is {'lower (better)' if better else 'higher (worse)'} than Y' "
+            f"({scores['niqe_perceptual']:.2f} vs {scores['niqe_objective']:.2f})"
+            + ("." if better else ": this run's perceptual stage does not show the paper's "
+               "perceptual gain (it needs far more PD-ADMM training and ImageNet VGG19 weights)."))
+    return lines
 
 
 def _run_description(config: ml_collections.ConfigDict) -> list[str]:

@@ -119,3 +119,11 @@ def test_summary_explains_each_row_and_names_the_data(tiny_state, tmp_path):
         assert image["name"] in summary
     assert "astronaut" in summary and "never trained on" in summary
     assert "offline demo" in summary and "600,000 steps" in summary
+    # The numbers in words, whichever way they go.
+    assert validation._verdict({"psnr_objective": 29.2, "psnr_bicubic": 28.7, "niqe_objective": 6.0,
+                                "niqe_perceptual": 7.9}) == [
+        "- Y' is 0.50 dB above bicubic in PSNR.",
+        "- Y's NIQE is higher (worse) than Y' (7.90 vs 6.00): this run's perceptual stage does not "
+        "show the paper's perceptual gain (it needs far more PD-ADMM training and ImageNet VGG19 "
+        "weights)."]
+    assert "below bicubic" in validation._verdict({"psnr_objective": 30.0, "psnr_bicubic": 31.0})[0]
