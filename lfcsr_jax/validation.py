@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lfcsr_jax import metrics, train_state
+from lfcsr_jax import metrics, paths, train_state
 
 
 def best_metric_modes(config: ml_collections.ConfigDict) -> dict[str, str]:
@@ -108,11 +108,11 @@ class Validator:
                               local_batch["hr"][:4]], axis=2)
         return {"samples/lr_objective_perceptual_hr": row}
 
-    def write_summary(self, workdir: Path, step: int, scores: dict[str, float],
-                      export_dir: Path) -> None:
+    def write_summary(self, workdir: paths.Path, step: int, scores: dict[str, float],
+                      export_dir: paths.Path) -> None:
         if jax.process_index() != 0:
             return
-        (workdir / "summary.json").write_text(json.dumps(
+        paths.write_text_atomic(workdir / "summary.json", json.dumps(
             {"step": step, "validation": scores, "export": str(export_dir)}, indent=2))
         names = ", ".join(image["name"] for image in self.images)
         lines = [
@@ -135,10 +135,10 @@ class Validator:
                       f"an alpha slider): [{report.relative_to(workdir)}]({report.relative_to(workdir)})",
                       ""]
         text = "\n".join(lines)
-        (workdir / "summary.md").write_text(text)
+        paths.write_text_atomic(workdir / "summary.md", text)
         print(text, flush=True)
 
-    def _write_report(self, workdir: Path, scores: dict[str, float]) -> Path | None:
+    def _write_report(self, workdir: paths.Path, scores: dict[str, float]) -> paths.Path | None:
         """report/report.html of the last validated outputs (report.py); None if none."""
         if self._last_outputs is None:
             return None
