@@ -20,6 +20,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LFCSR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+# The training subprocesses of one pytest run share a persistent XLA compilation cache
+# (tests/train_test.py: _env): the workers of a pytest-xdist run share the parent of their
+# base temp folders, so the cache lives there and goes with pytest's own temp-folder cleanup.
+TRAINING_XLA_CACHE_ENV = "LFCSR_TEST_TRAINING_XLA_CACHE"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _training_compile_cache(tmp_path_factory) -> None:
+    if TRAINING_XLA_CACHE_ENV not in os.environ:
+        base = tmp_path_factory.getbasetemp()
+        shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+        os.environ[TRAINING_XLA_CACHE_ENV] = str(shared / "training-xla-cache")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The offline test data folder; skips the test with a reason when it is absent."""

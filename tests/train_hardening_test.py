@@ -164,7 +164,9 @@ def _rows(path: Path) -> list[dict]:
 
 def test_sigterm_during_compile_exits_at_once_without_a_checkpoint(tmp_path):
     workdir = tmp_path / "compiling"
-    process = subprocess.Popen(_command(workdir), cwd=REPO_ROOT, env=_env(4),
+    # A real compile (no cache), kept long by XLA's optimisations being off.
+    env = dict(_env(4, compile_cache=False), JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+    process = subprocess.Popen(_command(workdir), cwd=REPO_ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stderr:  # absl logs to stderr
         if "Compiling the pretrain step" in line:
