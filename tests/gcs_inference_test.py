@@ -17,16 +17,9 @@ from PIL import Image
 
 from lfcsr_jax import checkpointing, convert, image_io, inference, paths, state_dicts, super_resolve
 from lfcsr_jax import vgg_weights
+# Compile time dominates these tiny forwards on a busy CPU: the same autouse fixture.
+from tests.inference_test import _fast_compiles  # noqa: F401
 from tests.super_resolve_test import make_tiny_export
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    """Compile time dominates these tiny forwards on a busy CPU (as in inference_test)."""
-    before = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
 
 
 def _png16_rgb(x_HxWx3: np.ndarray) -> bytes:
