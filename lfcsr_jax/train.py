@@ -233,9 +233,8 @@ class StopRequest:
     phase switch, during which Python signal handlers cannot run) ends the process at once
     through a watcher thread woken by `signal.set_wakeup_fd`: compiling first and then saving
     would overrun a preemption notice, and the last checkpoint still stands (any save in flight
-    is awaited before each compile, see `guard_compiles`). Under the preemption service this
-    applies to SIGINT only: SIGTERM is the service's, and its hosts stop at the first sync point
-    after the compile.
+    is awaited before each compile, see `guard_compiles`). Not under the preemption service: there
+    every host stops together at the first sync point after the compile.
     """
 
     def __init__(self) -> None:
@@ -272,7 +271,10 @@ class StopRequest:
                 received = os.read(read_fd, 1)
                 if not received:
                     return
-                if self._compiling and received[0] in (signal.SIGTERM, signal.SIGINT):
+                # Under the preemption service one host must not leave alone: the others would
+                # wait for it in collectives. They all stop at the next sync point instead.
+                if (self._compiling and not self._sync_point
+                        and received[0] in (signal.SIGTERM, signal.SIGINT)):
                     name = signal.Signals(received[0]).name
                     print(f"Stopped by {name} while a train step was compiling: exiting without "
                           "a new checkpoint (the last one stands). Rerun the same command to "
