@@ -4,10 +4,11 @@ Every program reads and writes user-given locations through `etils.epath.Path` (
 section 14). Local paths behave exactly as `pathlib.Path`; `gs://bucket/...` goes to Cloud
 Storage. For gs:// we make epath use fsspec/gcsfs instead of TensorFlow's gfile: gcsfs honours
 `STORAGE_EMULATOR_HOST`, so the very client a TPU VM uses is the one the tests run against a local
-GCS emulator, whereas TensorFlow's GCS client has its endpoint compiled in. A user who sets
+GCS emulator, whereas TensorFlow's GCS client has its endpoint compiled in. lfcsr_jax/__init__.py
+makes that choice (`EPATH_USE_TF=0`) before anything picks a backend; a user who sets
 `EPATH_USE_TF` keeps their choice.
 
-What "atomic" means on each store (see `write_bytes_atomic`, `replace_directory`):
+What "atomic" means on each store (see `write_bytes_atomic`):
 - local: a temporary sibling, fsync, then `os.replace`; readers see the old or the new file.
 - gs://: a single-object upload becomes visible whole, on completion, or not at all, so one file
   is written in place. A folder cannot be renamed on GCS (a "rename" copies each object), so
@@ -17,17 +18,10 @@ What "atomic" means on each store (see `write_bytes_atomic`, `replace_directory`
 from __future__ import annotations
 
 import os
+import tempfile
+from typing import Union
 
-# Must precede etils' first choice of a gs:// backend (cached once per process).
-os.environ.setdefault("EPATH_USE_TF", "0")
-# gcsfs' bucket-type probe needs the Storage Control API (absent from emulators and offline
-# hosts) and only serves zonal buckets, which this project does not use.
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-
-import tempfile  # noqa: E402
-from typing import Union  # noqa: E402
-
-from etils import epath  # noqa: E402
+from etils import epath
 
 Path = epath.Path
 PathLike = Union[str, os.PathLike]
