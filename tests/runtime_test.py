@@ -52,3 +52,32 @@ def test_a_cpu_backend_starts_and_computes_with_the_flags():
                           text=True, timeout=300, env=dict(env, JAX_PLATFORMS="cpu"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "12.0"
+
+
+def test_flag_sets_are_chosen_by_name_and_an_unknown_name_is_refused():
+    assert runtime.flag_set({}) == runtime.GPU_FLAGS
+    assert runtime.flag_set({runtime.SWITCH: "1"}) == runtime.GPU_FLAGS
+    assert runtime.flag_set({runtime.SWITCH: "capture"}) == runtime.CAPTURE_FLAGS
+    assert runtime.flag_set({runtime.SWITCH: "off"}) == ()
+    environ = {runtime.SWITCH: "capture"}
+    flags = runtime.configure(environ).split()
+    assert "--xla_gpu_command_buffer_unroll_loops=true" in flags
+    assert any(f.startswith(f"--{COMMAND_BUFFERS}=+") and "CONVOLUTION" in f for f in flags)
+    try:
+        runtime.flag_set({runtime.SWITCH: "fast"})
+    except ValueError as error:
+        assert runtime.SWITCH in str(error) and "capture" in str(error)
+    else:
+        raise AssertionError("an unknown flag set was accepted")
+
+
+def test_a_cpu_backend_starts_and_computes_with_the_capture_flags():
+    code = ("from lfcsr_jax import runtime; runtime.configure(); import os, jax, jax.numpy as jnp;"
+            "assert 'unroll_loops' in os.environ['XLA_FLAGS'];"
+            "print(float(jax.jit(lambda x: (x * 2).sum())(jnp.arange(4.0))))")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", runtime.SWITCH)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300,
+                          env=dict(env, JAX_PLATFORMS="cpu", **{runtime.SWITCH: "capture"}))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "12.0"

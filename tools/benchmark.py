@@ -10,6 +10,13 @@ training loop around them, and inference; plus a CPU-only count of the step's pr
   python tools/benchmark.py --inference                       # super_resolve/evaluate speed
   python tools/benchmark.py --inference --config=tiny --dtypes=float32 --steps=2  # CPU smoke
   python tools/benchmark.py --config=tiny --batches=4 --dtypes=float32 --steps=3   # CPU smoke
+  python tools/benchmark.py --aot=h200                        # compile for an H200, no GPU
+  python tools/benchmark.py --aot=tpu:v5e:2x4                 # compile for a v5e-8 slice
+
+--aot=TARGET compiles (does not run) the same steps and the inference forward for an accelerator
+that is not here (lfcsr_jax/aot.py): kernels per execution by kind and model part, what sits
+outside CUDA graphs, memory per chip and compile seconds. Needs the extra for the target:
+pip install -e ".[aot]" (jax[cuda12] and jax[tpu] at the jax version).
 
 Prints ONE JSON line last. The steps are the ones training runs: built by
 `lfcsr_jax.steps.make_train_steps` (same shardings, same donation). The package's GPU runtime
@@ -445,6 +452,61 @@ def _run_isolated(args: argparse.Namespace, dtype: str, batch: int, first: bool)
     return json.loads(done.stdout.strip().splitlines()[-1])["results"][0]
 
 
+def aot_row(args: argparse.Namespace, dtype: str, batch: int) -> dict[str, Any]:
+    """--aot: every program of one (dtype, batch), compiled for args.aot."""
+    from lfcsr_jax import aot
+
+    config = load_config(args.config, dtype, batch, args.set)
+    target = aot.resolve_target(args.aot)
+    row: dict[str, Any] = {"dtype": dtype, "batch": batch, "set": list(args.set)}
+    skip = set(filter(None, args.skip.split(",")))
+    phases = tuple(p for p in args.phases.split(",") if p)
+    if "train" not in skip:
+        row.update(aot.training_programs(config, target, phases, args.aot_dump))
+    if "inference" not in skip:
+        for size in filter(None, args.aot_inference.split(",")):
+            h, w = (int(n) for n in size.lower().split("x"))
+            row[f"inference_{h}x{w}"] = aot.inference_program(config, target, (h, w),
+                                                              args.aot_dump)
+    return row
+
+
+def print_aot_table(rows: list[dict[str, Any]]) -> None:
+    """One line per compiled program, to stderr (the JSON line stays last on stdout)."""
+    header = (f"{'program':<22}{'kernels':>9}{'convs':>7}{'top thunks':>11}{'outside CG':>11}"
+              f"{'convs out':>10}{'GiB/chip':>10}{'headroom':>9}{'compile s':>10}")
+    print(header, file=sys.stderr)
+    for row in rows:
+        for report in row.values():
+            if not isinstance(report, dict) or "counts" not in report:
+                continue
+            kinds = report["counts"]["by_kind"]
+            convs = sum(v for k, v in kinds.items() if k.startswith("conv_"))
+            thunks = report.get("thunks", {})
+            memory = report.get("memory", {})
+            print(f"{report['program']:<22}{report['counts']['kernels']:>9}{convs:>7}"
+                  f"{thunks.get('top_level_thunks', '-'):>11}"
+                  f"{thunks.get('outside_command_buffers', '-'):>11}"
+                  f"{thunks.get('convolutions_outside_command_buffers', '-'):>10}"
+                  f"{memory.get('per_chip_gib', '-'):>10}{memory.get('headroom', '-'):>9}"
+                  f"{report['compile_s']:>10}", file=sys.stderr)
+
+
+def aot_main(args: argparse.Namespace) -> dict:
+    from lfcsr_jax import aot
+
+    flags = aot.configure_environment(args.aot)  # before the backend starts
+    import jax
+
+    rows = [aot_row(args, dtype, int(batch)) for dtype in args.dtypes.split(",")
+            for batch in args.batches.split(",")]
+    print_aot_table(rows)
+    summary = {"aot_target": args.aot, "jax": jax.__version__, "config": args.config,
+               "xla_flags": flags, "results": rows}
+    print(json.dumps(summary))
+    return summary
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="paper", help="configs/x4.py variant: paper|demo|tiny")
@@ -473,6 +535,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--inference: images in the synthetic BSD100-size folder")
     parser.add_argument("--inference_batch", type=int, default=0,
                         help="--inference: images per forward (0: 8 on GPU/TPU, 1 on CPU)")
+    parser.add_argument("--aot", default="",
+                        help="compile for TARGET without running: h200 | tpu:<topology> "
+                        "(e.g. tpu:v5e:2x4); prints kernels, thunks outside CUDA graphs, memory")
+    parser.add_argument("--aot_inference", default="128x128,270x480",
+                        help="--aot: LR sizes HxW of the inference forwards ('' = none); "
+                        "270x480 is a 1080p output")
+    parser.add_argument("--aot_dump", default="",
+                        help="--aot: folder to keep XLA's dumps (HLO, thunk sequences) in")
     parser.add_argument("--isolate", type=int, default=1,
                         help="1: each (dtype, batch) in its own process, so peak memory is its own")
     return parser
@@ -485,6 +555,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                            "--skip"))]
     if not args.runtime_flags:
         os.environ["LFCSR_RUNTIME_FLAGS"] = "0"
+    if args.aot:
+        return aot_main(args)
     from lfcsr_jax import runtime
 
     runtime.configure()  # before the backend starts (jax is imported lazily below)
