@@ -45,11 +45,19 @@ class Target:
     name: str  # as given: 'h200', 'tpu:v5e:2x4'
     platform: str  # 'gpu' | 'tpu'
     devices: list[Any]
-    capacity_bytes: int  # memory per chip
+    capacity_bytes: int  # memory per device (a chip, or one TensorCore of a v4 chip)
+    devices_per_chip: int = 1
 
     @property
     def chips(self) -> int:
-        return len(self.devices)
+        return max(len(self.devices) // self.devices_per_chip, 1)
+
+    def first(self, count: int) -> "Target":
+        """The same target restricted to its first `count` devices (e.g. one chip of a slice)."""
+        if not 0 < count <= len(self.devices):
+            raise AotError(f"--aot_devices={count}: {self.name} has {len(self.devices)} devices")
+        return dataclasses.replace(self, name=f"{self.name}[{count}]",
+                                   devices=self.devices[:count])
 
 
 def configure_environment(target: str, environ: Any = os.environ) -> str:
@@ -92,7 +100,12 @@ def resolve_target(name: str) -> Target:
         if generation not in TPU_HBM_GIB:
             raise AotError(f"--aot={name}: unknown TPU generation {generation!r}; known: "
                            f"{sorted(TPU_HBM_GIB)}")
-        return Target(name, "tpu", list(topology.devices), int(TPU_HBM_GIB[generation] * 2**30))
+        devices = list(topology.devices)
+        # The offline v4 topology lists each TensorCore as a device (no megacore): the chip's
+        # HBM is shared by its cores.
+        per_chip = len({getattr(d, "core_on_chip", 0) for d in devices}) or 1
+        return Target(name, "tpu", devices, int(TPU_HBM_GIB[generation] * 2**30) // per_chip,
+                      per_chip)
     description = gpu_description(name)
     try:
         topology = topologies.get_topology_desc(platform="cuda", topology="1x1x1",
@@ -152,6 +165,7 @@ def compile_program(jitted: Callable, args: tuple, target: Target, label: str,
     lowered = jitted.lower(*args)
     compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
     report: dict[str, Any] = {"program": label, "target": target.name, "chips": target.chips,
+                              "devices": len(target.devices),
                               "compile_s": round(time.perf_counter() - start, 2)}
     kernels = compiled_counts.count_kernels(compiled.as_text())
     report["counts"] = kernels.as_dict()
@@ -186,9 +200,9 @@ def training_programs(config: Any, target: Target, phases: tuple[str, ...] = PHA
     from lfcsr_jax import steps, train_state
 
     batch = config.train.global_batch_size
-    if batch % target.chips:
+    if batch % len(target.devices):
         raise AotError(f"train.global_batch_size={batch} does not split over the "
-                       f"{target.chips} chips of {target.name}")
+                       f"{len(target.devices)} devices of {target.name}")
     mesh = make_mesh(target)
     networks = train_state.make_networks(config)
     abstract_state = jax.eval_shape(functools.partial(

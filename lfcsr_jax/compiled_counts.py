@@ -44,7 +44,7 @@ CUSTOM_CALL_KINDS = {
 # Model parts, from the Flax module names in op_name (first match wins; order matters: the VGG
 # and the discriminator run inside loss code, the generators inside LFcSR).
 PART_PATTERNS = (
-    ("VGG19", re.compile(r"VGG19")),
+    ("VGG19", re.compile(r"VGG19|VGGFeatures")),
     ("D", re.compile(r"Discriminator")),
     ("G_O", re.compile(r"\bHAN\b|HAN\)|HAN/|/objective/")),
     ("G_P", re.compile(r"ResClique|/perceptual/")),

@@ -111,8 +111,9 @@ def synthetic_batch(config: Any, batch: int, seed: int) -> dict[str, Any]:
     lr_size = config.input.lr_patch
     hr_size = lr_size * config.model.scale
     rng = np.random.default_rng(seed)
-    return {"lr": rng.uniform(0, 255, (batch, lr_size, lr_size, 3)).astype(np.float32),
-            "hr": rng.uniform(0, 255, (batch, hr_size, hr_size, 3)).astype(np.float32)}
+    # uint8, as the input pipeline delivers them: the step converts them itself.
+    return {"lr": rng.integers(0, 256, (batch, lr_size, lr_size, 3), dtype=np.uint8),
+            "hr": rng.integers(0, 256, (batch, hr_size, hr_size, 3), dtype=np.uint8)}
 
 
 def _time_calls(call: Callable[[], Any], steps: int) -> tuple[float, float]:
@@ -212,7 +213,7 @@ def count_training(config: Any, phases: tuple[str, ...]) -> dict[str, dict[str, 
                                              networks=networks), jax.random.PRNGKey(0))
     vgg = jax.eval_shape(lambda k: train_state.init_vgg_params(k, config, networks),
                          jax.random.PRNGKey(1))
-    batch = {k: jax.ShapeDtypeStruct(v.shape, jnp.float32)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
              for k, v in synthetic_batch(config, config.train.global_batch_size, 0).items()}
     counts = {}
     for phase in phases:
@@ -458,6 +459,8 @@ def aot_row(args: argparse.Namespace, dtype: str, batch: int) -> dict[str, Any]:
 
     config = load_config(args.config, dtype, batch, args.set)
     target = aot.resolve_target(args.aot)
+    if args.aot_devices:
+        target = target.first(args.aot_devices)
     row: dict[str, Any] = {"dtype": dtype, "batch": batch, "set": list(args.set)}
     skip = set(filter(None, args.skip.split(",")))
     phases = tuple(p for p in args.phases.split(",") if p)
@@ -541,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--aot_inference", default="128x128,270x480",
                         help="--aot: LR sizes HxW of the inference forwards ('' = none); "
                         "270x480 is a 1080p output")
+    parser.add_argument("--aot_devices", type=int, default=0,
+                        help="--aot: use only the first N devices of the target (1 = one chip "
+                        "of a slice); 0 = all")
     parser.add_argument("--aot_dump", default="",
                         help="--aot: folder to keep XLA's dumps (HLO, thunk sequences) in")
     parser.add_argument("--isolate", type=int, default=1,

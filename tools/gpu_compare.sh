@@ -38,6 +38,14 @@ if [[ -n "$BASE" ]]; then
   run base_cmdbuf env XLA_FLAGS="$CB" python "$BASE/tools/benchmark.py" --dtypes=bfloat16 \
     --batches=16 --steps=10 --skip=inference
 fi
+# The 'capture' flag set (lfcsr_jax/runtime.py): the whole step in one CUDA graph. Timed with
+# loops and with unrolled blocks (8,098 vs 17,888 kernels per ADMM step, --aot=h200), and
+# checked for the same numbers as the default set before it becomes the default.
+UNROLL="--set=model.han_block_unroll=20 --set=model.clique_unroll=15"
+run capture_loop env LFCSR_RUNTIME_FLAGS=capture $B --loop=30
+run capture_unrolled env LFCSR_RUNTIME_FLAGS=capture $B --skip=inference $UNROLL
+run capture_inference_unrolled env LFCSR_RUNTIME_FLAGS=capture $B --inference $UNROLL
+run capture_check python tools/capture_check.py --out="$LOGS/capture"
 run new_profile_nocmdbuf $B --skip=train,inference --phases=admm --runtime_flags=0 \
   --set=model.han_block_unroll=20 --set=model.clique_unroll=15 --profile="$LOGS/prof"
 run new_partial $B --skip=inference --set=model.han_block_unroll=5 --set=model.clique_unroll=5
