@@ -38,7 +38,7 @@ def _model_config() -> ml_collections.ConfigDict:
     model.han_block_unroll = 1  # RCABs per iteration of the loop in a group (20 = no loop).
     model.han_group_unroll = 1  # residual groups per iteration of the loop over groups.
     model.clique_unroll = 1  # Res-clique blocks per loop iteration (15 = no loop).
-    model.pretrain_unrolled = True  # pre-training step without block loops (faster there).
+    model.pretrain_unrolled = True  # GPU: pre-training without block loops; TPU keeps them.
     return model
 
 

@@ -32,13 +32,17 @@ def _straight_line(networks: Networks) -> Networks:
         perceptual=perceptual.clone(unroll=perceptual.n_blocks))
 
 
-def phase_networks(networks: Networks, phase: str) -> Networks:
-    """The networks a phase's step runs. `model.pretrain_unrolled`: pre-training runs the
-    generators as straight-line code, measured faster for that step on an H200 (56.6 vs 72.4 ms,
-    bf16 batch 16), while the ADMM step, with three generator passes, was faster with loops
-    (106.7 vs 115.2 ms; tools/PERF_NOTES.md)."""
+def phase_networks(networks: Networks, phase: str, platform: str = "gpu") -> Networks:
+    """The networks a phase's step runs on `platform` (a jax device platform).
+
+    `model.pretrain_unrolled`: on a GPU pre-training runs the generators as straight-line code,
+    measured faster for that step on an H200 (56.6 vs 72.4 ms, bf16 batch 16), while the ADMM
+    step, with three generator passes, was faster with loops (106.7 vs 115.2 ms;
+    tools/PERF_NOTES.md). On a TPU the step keeps its loops: XLA's TPU compiler takes minutes
+    over the straight-line program, paid at every start and phase switch (docs/design.md
+    section 13, tools/PERF_NOTES.md)."""
     model = networks.config.model
-    if phase == "pretrain" and model.get("pretrain_unrolled", False):
+    if phase == "pretrain" and model.get("pretrain_unrolled", False) and platform != "tpu":
         return _straight_line(networks)
     return networks
 
@@ -50,8 +54,9 @@ def make_train_steps(networks: Networks, state_shardings: TrainState, mesh: jax.
     replicated = NamedSharding(mesh, PartitionSpec())
     split = NamedSharding(mesh, PartitionSpec(data_axis))
     batch_shardings = {"lr": split, "hr": split}
+    platform = mesh.devices.flat[0].platform
     return {
-        phase: jax.jit(functools.partial(step, networks=phase_networks(networks, phase)),
+        phase: jax.jit(functools.partial(step, networks=phase_networks(networks, phase, platform)),
                        in_shardings=(state_shardings, batch_shardings, replicated),
                        out_shardings=(state_shardings, replicated), donate_argnums=0)
         for phase, step in STEP_FUNCTIONS.items()
