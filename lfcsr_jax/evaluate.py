@@ -338,7 +338,10 @@ def _json_default(value: Any) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lfcsr_jax.evaluate", description=__doc__.split("\n")[0])
+    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+
+    p = argparse.ArgumentParser(prog="python -m lfcsr_jax.evaluate", description=__doc__.split("\n")[0],
+                                epilog=image_io.ORIENTATION_NOTE)
     p.add_argument("--checkpoint", default="", help="export directory (checkpointing.save_export)")
     p.add_argument("--model", default="lfcsr", choices=("lfcsr", "bicubic"),
                    help="'bicubic' evaluates MATLAB bicubic upscaling; no checkpoint needed")

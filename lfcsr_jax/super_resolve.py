@@ -14,7 +14,8 @@ writes run in a small thread pool beside the device; compiled programs persist i
 
 INPUT, --checkpoint and --output: local paths or gs:// URIs (lfcsr_jax.paths), mixed freely.
 INPUT: image files and/or folders of images (not recursive). Grayscale, gray+alpha, palette, RGBA
-(alpha dropped) and 16-bit images are read as RGB uint8 (image_io.py); outputs are always RGB.
+(alpha dropped) and 16-bit images are read as RGB uint8, upright (EXIF orientation applied,
+image_io.py); outputs are always RGB, upright, with no orientation tag.
 --alpha blends the two stages: 0 = the perceptual output Y (the model's final output, default),
 1 = the objective output Y', in between alpha Y' + (1 - alpha) Y.
 --format png: clamped to [0, 255] and rounded; npy: float32 on the 0-255 scale, unquantised.
@@ -287,8 +288,11 @@ def write_output(path: str | os.PathLike, sr_hxwx3: np.ndarray, fmt: str) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+
     p = argparse.ArgumentParser(prog="python -m lfcsr_jax.super_resolve",
-                                description="Super-resolve images with an LFc-SR export.")
+                                description="Super-resolve images with an LFc-SR export.",
+                                epilog=image_io.ORIENTATION_NOTE)
     p.add_argument("inputs", nargs="+", help="image files and/or folders (local or gs://)")
     p.add_argument("--checkpoint", required=True, help="export directory (local or gs://)")
     p.add_argument("--output", required=True,
