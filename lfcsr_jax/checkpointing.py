@@ -19,6 +19,7 @@ existed load unverified, with a log line saying so.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging as logging_std
@@ -40,7 +41,8 @@ from lfcsr_jax.paths import Path
 
 EXPORT_FORMAT = "lfcsr_jax.export/1"
 GENERATOR_KEYS = ("objective", "perceptual")
-CHECKSUM_ALGORITHM = "sha256"
+CHECKSUM_ALGORITHM = "sha256"  # hardware-accelerated (SHA-NI, ARMv8): faster than blake2b
+_HASH_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 class CheckpointError(UserError):
@@ -76,14 +78,24 @@ def array_checksum(x: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def _leaf_entry(leaf: Any) -> dict[str, Any]:
+    x = _host_array(leaf)
+    return {"dtype": x.dtype.str, "shape": list(x.shape), CHECKSUM_ALGORITHM: array_checksum(x)}
+
+
 def tree_checksums(tree: Any) -> dict[str, Any]:
-    """{"algorithm", "leaves": {key path: {"dtype", "shape", "sha256"}}} of every array leaf."""
-    leaves = {}
-    for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        x = _host_array(leaf)
-        leaves[jax.tree_util.keystr(key_path)] = {
-            "dtype": x.dtype.str, "shape": list(x.shape), CHECKSUM_ALGORITHM: array_checksum(x)}
-    return {"algorithm": CHECKSUM_ALGORITHM, "leaves": leaves}
+    """{"algorithm", "leaves": {key path: {"dtype", "shape", "sha256"}}} of every array leaf.
+
+    hashlib releases the GIL, so leaves are hashed on a few threads (paper model's training
+    state, 1.3 GiB: tools/checksum_cost.py). Leaves split over processes are gathered first,
+    in tree order on this thread, as every process must gather them in the same order."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    keys = [jax.tree_util.keystr(key_path) for key_path, _ in flat]
+    leaves = [leaf if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable
+              else _host_array(leaf) for _, leaf in flat]
+    with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
+        entries = list(pool.map(_leaf_entry, leaves))
+    return {"algorithm": CHECKSUM_ALGORITHM, "leaves": dict(zip(keys, entries))}
 
 
 def _tree_specs(tree: Any) -> dict[str, tuple[str, list[int]]]:

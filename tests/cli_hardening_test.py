@@ -216,7 +216,32 @@ def _corrupt_copies(export_dir: Path, root: Path) -> dict[str, tuple[Path, str]]
     info["model"]["han_features"] = 16
     (root / "mismatch/config.json").write_text(json.dumps(info))
     copies["mismatch"] = (root / "mismatch", "config.json does not match params/")
+    copies["altered"] = (_altered_copy(export_dir, root), "checksum mismatch")
     return copies
+
+
+def _altered_copy(export_dir: Path, root: Path) -> Path:
+    """An export whose params/ decode cleanly but hold one changed value (silent corruption):
+    only the checksums in config.json can tell."""
+    _, params = checkpointing.load_export(export_dir)
+    leaf = params["perceptual"][next(iter(params["perceptual"]))]
+    while isinstance(leaf, dict):
+        leaf = leaf[next(iter(leaf))]
+    leaf.reshape(-1)[0] += 1.0
+    other = checkpointing.save_export(root / "altered_source", params, {})
+    shutil.copytree(export_dir, root / "altered")
+    shutil.rmtree(root / "altered/params")
+    shutil.copytree(other / "params", root / "altered/params")
+    return root / "altered"
+
+
+def test_altered_export_is_named_by_evaluate(tmp_path, export_dir):
+    (tmp_path / "data/Set5/HR").mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "data/Set5/HR/x.png")
+    altered = _altered_copy(export_dir, tmp_path)
+    result = run_cli("evaluate", f"--checkpoint={altered}", f"--data_dir={tmp_path / 'data'}",
+                     "--datasets=Set5", "--metrics=psnr")
+    assert_one_line_error(result, "checksum mismatch", str(altered / "params"), "config.json")
 
 
 def test_corrupt_exports_are_named_in_one_line(tmp_path, export_dir, inputs):
