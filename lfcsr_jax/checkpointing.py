@@ -463,8 +463,7 @@ class TrainCheckpoints:
         moved = ""
         if jax.process_index() == 0:
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                source.rename(target)
+                paths.move_tree(source, target)
                 moved = f"moved to {target}"
             except Exception as e:  # noqa: BLE001 (reported; the next run tries it again)
                 moved = f"could not be moved aside ({type(e).__name__}: {one_line(e)[:100]})"

@@ -81,6 +81,24 @@ def remove_tree(path: PathLike) -> None:
         target.rmtree()
 
 
+def move_tree(source: PathLike, target: PathLike) -> None:
+    """Moves a folder to `target` (which must not exist), creating target's parent. Local: one
+    rename. gs://: every object is copied, then the originals are deleted (not atomic: see the
+    module note), through gcsfs, as epath's rename of a folder needs the target's parent folder
+    to exist, and GCS has no folders."""
+    source, target = location(source), location(target)
+    if target.exists():
+        raise FileExistsError(f"{target} already exists")
+    if not is_remote(source) and not is_remote(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        return
+    from etils.epath import backend  # the fsspec filesystem behind gs://
+
+    backend.fsspec_backend.fs(os.fspath(source)).mv(os.fspath(source), os.fspath(target),
+                                                     recursive=True)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
