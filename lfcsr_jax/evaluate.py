@@ -367,9 +367,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_object_store_locations(args: argparse.Namespace, is_bicubic: bool) -> None:
+    """Every gs:// flag, once, before anything is read (lfcsr_jax/object_store.py)."""
+    from lfcsr_jax import object_store  # pylint: disable=import-outside-toplevel
+
+    reads = [("--data_dir", args.data_dir), ("--lpips_dir", args.lpips_dir),
+             ("--niqe_params", args.niqe_params), ("--nrqm_model", args.nrqm_model)]
+    if not is_bicubic:
+        reads.append(("--checkpoint", args.checkpoint))
+    if args.reference_points != "paper":
+        reads.append(("--reference_points", args.reference_points))
+    reads += [("--sr_dir", spec.partition("=")[2]) for spec in getattr(args, "sr_dir", [])]
+    object_store.check_locations([(flag, value, True) for flag, value in reads]
+                                 + [("--output_dir", args.output_dir, False)])
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluates and writes the reports; returns {'results', 'table', 'unavailable', 'files'}."""
     is_bicubic = args.model == "bicubic"
+    _check_object_store_locations(args, is_bicubic)
     if not is_bicubic and not args.checkpoint:
         raise UserError("give --checkpoint=EXPORT_DIR or --model=bicubic")
     if args.max_images < 0:

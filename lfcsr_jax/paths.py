@@ -52,7 +52,10 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> None:
     """Readers see the old file or the whole new one, never a part (see the module note)."""
     target = location(path)
     if is_remote(target):
-        target.write_bytes(data)  # one object upload: all or nothing
+        from lfcsr_jax import object_store  # here: object_store -> cli_errors -> paths
+
+        # One object upload, all or nothing, so a retry after a dropped connection is safe.
+        object_store.retry_transient(lambda: target.write_bytes(data), f"upload of {target}")
         return
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=os.fspath(target.parent))
     try:

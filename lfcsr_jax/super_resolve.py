@@ -359,6 +359,11 @@ def run(args: argparse.Namespace) -> list[Path]:
 
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
+    from lfcsr_jax import object_store  # pylint: disable=import-outside-toplevel
+
+    object_store.check_locations([("--checkpoint", args.checkpoint, True),
+                                  ("--output", args.output, False),
+                                  *(("INPUT", source, True) for source in args.inputs)])
     if not 0.0 <= args.alpha <= 1.0:
         raise SuperResolveError(f"--alpha={args.alpha} must lie in [0, 1]")
     if args.tile < 0 or args.tile_overlap < 0 or (args.tile and args.tile_overlap >= args.tile):

@@ -236,6 +236,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     field, values = parse_values(args.values)
+    from lfcsr_jax import object_store  # pylint: disable=import-outside-toplevel
+
+    object_store.check_locations([("--workdir", args.workdir, False),
+                                  ("--data_dir", args.data_dir, True),
+                                  ("--lpips_dir", args.lpips_dir, True)])
     workdir = paths.location(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     eval_args = [f"--data_dir={paths.location(args.data_dir)}", f"--datasets={args.datasets}",
@@ -274,4 +279,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    from lfcsr_jax.cli_errors import reports_user_errors
+
+    reports_user_errors("sweep")(main)()
