@@ -220,8 +220,9 @@ def _check_object(session: Any, endpoint: str, bucket: str, name: str, shown: st
     _check_status(listing, shown, f"gs://{bucket}/{name}")
     if listing.status_code == 200 and listing.json().get("items"):
         return
-    raise ObjectStoreError(f"{shown}: no such object or folder in gs://{bucket}; check the path "
-                           f"(gcloud storage ls gs://{bucket}/{os.path.dirname(name)})")
+    raise ObjectStoreError(f"{shown}: no such file or folder (no object gs://{bucket}/{name} and "
+                           "none below it: it does not exist); check the path (gcloud storage ls "
+                           f"gs://{bucket}/{os.path.dirname(name)})")
 
 
 # ----------------------------------------------------------------------------- retries

@@ -113,7 +113,7 @@ def test_bad_timeout_setting(monkeypatch):
 def test_missing_bucket_and_missing_object(gcs_root):
     bucket_message = _check(f"gs://no-such-bucket-{uuid.uuid4().hex[:6]}/x", must_exist=False)
     assert "does not exist" in bucket_message and "buckets create" in bucket_message
-    assert "no such object or folder" in _check(f"{gcs_root}/absent-export")
+    assert "no such file or folder" in _check(f"{gcs_root}/absent-export")
     # Present: an object, and a folder (a prefix of objects); an output needs only its bucket.
     paths.location(f"{gcs_root}/export/config.json").write_text("{}")
     object_store.check_locations([("--checkpoint", f"{gcs_root}/export", True),
@@ -157,8 +157,8 @@ def test_every_program_checks_before_any_work(gcs_root, tmp_path, capsys):
         assert caught.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"{prog}: error: ") and missing in err[0], err
-        assert "no such object or folder" in err[0]
-    with pytest.raises(object_store.ObjectStoreError, match="--data_dir=.*no such object"):
+        assert "no such file or folder" in err[0]
+    with pytest.raises(object_store.ObjectStoreError, match="--data_dir=.*no such file or folder"):
         sweep.main(["--config=configs/x4.py:tiny", "--values=admm.lambda_r=0",
                     f"--workdir={tmp_path / 'sweep'}", f"--data_dir={missing}"])
     assert not (tmp_path / "sweep").exists()  # nothing created, nothing trained
