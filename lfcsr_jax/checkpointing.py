@@ -412,6 +412,9 @@ class TrainCheckpoints:
         if not step_dir.is_dir() or not any(step_dir.iterdir()):
             raise DamagedCheckpoint("empty", f"{step_dir} is an empty folder")
         recorded = None
+        if not (step_dir / "checksums").exists() and _lists_checksums(step_dir):
+            raise DamagedCheckpoint("checksums", f"{step_dir}/checksums: missing, though the "
+                                    "step's metadata lists it")
         if (step_dir / "checksums").exists():
             recorded = self._read_checksums(step, step_dir)
             mismatch = structure_mismatch(recorded, abstract_state)
@@ -485,6 +488,16 @@ class TrainCheckpoints:
         self._latest.close()
         for manager in self._best.values():
             manager.close()
+
+
+def _lists_checksums(step_dir: Path) -> bool:
+    """Whether Orbax's step metadata names a `checksums` item: the step was saved with one, so
+    its absence is damage, not an old checkpoint."""
+    try:
+        metadata = json.loads((step_dir / "_CHECKPOINT_METADATA").read_text())
+        return "checksums" in metadata.get("item_handlers", {})
+    except Exception:  # noqa: BLE001 (unreadable metadata: the restore itself will report it)
+        return False
 
 
 def _save_args(state: Any, record: dict[str, Any]) -> ocp.args.Composite:

@@ -126,6 +126,12 @@ def _damage_missing_data_file(step_dir) -> None:
         path.unlink()
 
 
+def _damage_missing_checksums(step_dir) -> None:
+    import shutil
+
+    shutil.rmtree(step_dir / "checksums")
+
+
 def _damage_emptied(step_dir) -> None:
     import shutil
 
@@ -136,7 +142,8 @@ def _damage_emptied(step_dir) -> None:
 @pytest.mark.parametrize("damage, reason", [
     (_damage_flipped_data, "unreadable"), (_damage_silently, "checksum"),
     (_damage_truncated_checksums, "checksums"), (_damage_truncated_state_metadata, "unreadable"),
-    (_damage_missing_data_file, "unreadable"), (_damage_emptied, "empty")])
+    (_damage_missing_data_file, "unreadable"), (_damage_missing_checksums, "checksums"),
+    (_damage_emptied, "empty")])
 def test_damaged_newest_checkpoint_falls_back_and_is_set_aside(tmp_path, damage, reason, caplog):
     _saved(tmp_path).close()
     damage(tmp_path / "latest" / "3")
@@ -184,10 +191,14 @@ def test_checkpoint_of_another_shape_is_refused_not_set_aside(tmp_path):
 
 
 def test_checkpoint_without_checksums_restores_with_a_log_line(tmp_path, caplog):
-    import shutil
+    import orbax.checkpoint as ocp
 
-    _saved(tmp_path, steps=(1,)).close()
-    shutil.rmtree(tmp_path / "latest" / "1" / "checksums")  # as written before checksums
+    # As written before checksums existed: state and record only.
+    old = ocp.CheckpointManager(tmp_path / "latest")
+    old.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(_state(1)),
+                                        record=ocp.args.JsonSave({"step": 1})))
+    old.wait_until_finished()
+    old.close()
     manager = checkpointing.TrainCheckpoints(tmp_path, keep=5)
     with caplog.at_level("WARNING"):
         state, record = manager.restore_latest(_abstract())
