@@ -31,9 +31,9 @@ import tempfile
 from typing import Any
 
 import jax
-from absl import logging
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from lfcsr_jax import paths
 from lfcsr_jax.cli_errors import UserError, one_line
@@ -373,9 +373,11 @@ class TrainCheckpoints:
     def save_best(self, step: int, state: Any, record: dict[str, Any],
                   metrics: dict[str, float]) -> None:
         """Offers the state to every best-by-metric manager that tracks a metric present here."""
+        checksums = None  # hashed once, for all the managers that take this state
         for metric, manager in self._best.items():
             if metric in metrics and np.isfinite(metrics[metric]):
-                manager.save(step, args=_save_args(state, record),
+                checksums = checksums or tree_checksums(state)
+                manager.save(step, args=_save_args(state, record, checksums),
                              metrics={metric: float(metrics[metric])}, force=True)
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
@@ -500,11 +502,12 @@ def _lists_checksums(step_dir: Path) -> bool:
         return False
 
 
-def _save_args(state: Any, record: dict[str, Any]) -> ocp.args.Composite:
+def _save_args(state: Any, record: dict[str, Any],
+               checksums: dict[str, Any] | None = None) -> ocp.args.Composite:
     """The state, its record and the state's checksums: one Orbax step, committed together."""
     return ocp.args.Composite(state=ocp.args.StandardSave(state),
                               record=ocp.args.JsonSave(_jsonable(record)),
-                              checksums=ocp.args.JsonSave(tree_checksums(state)))
+                              checksums=ocp.args.JsonSave(checksums or tree_checksums(state)))
 
 
 def _barrier_prefix(name: str) -> ocp.options.MultiprocessingOptions:

@@ -65,6 +65,9 @@ def test_train_checkpoints_keep_last_and_best(tmp_path):
     manager.close()
     assert kept == [2, 3]
     assert best == [2]
+    # Every save, the best ones too, carries the checksums of its state.
+    for folder in ("latest/3", "best_psnr/2"):
+        assert (tmp_path / folder / "checksums").is_dir(), folder
 
 
 # ----------------------------------------------------------------------------- integrity
