@@ -161,6 +161,10 @@ def test_every_program_checks_before_any_work(gcs_root, tmp_path, capsys):
     with pytest.raises(object_store.ObjectStoreError, match="--data_dir=.*no such file or folder"):
         sweep.main(["--config=configs/x4.py:tiny", "--values=admm.lambda_r=0",
                     f"--workdir={tmp_path / 'sweep'}", f"--data_dir={missing}"])
+    with pytest.raises(object_store.ObjectStoreError,
+                       match="--config.train.init_checkpoint=.*no such file or folder"):
+        sweep.main(["--config=configs/x4.py:tiny", "--values=admm.lambda_r=0",
+                    f"--set=train.init_checkpoint={missing}", f"--workdir={tmp_path / 'sweep'}"])
     assert not (tmp_path / "sweep").exists()  # nothing created, nothing trained
 
 
