@@ -198,8 +198,11 @@ def _check_status(response: Any, shown: str, what: str) -> None:
 
 
 def _check_bucket(session: Any, endpoint: str, bucket: str, shown: str, deadline: float) -> None:
-    response = _get(session, f"{endpoint}/storage/v1/b/{urllib.parse.quote(bucket, safe='')}",
-                    shown, endpoint, deadline)
+    """A one-item listing, not the bucket's metadata: that needs storage.buckets.get, which the
+    usual object roles (roles/storage.objectAdmin) do not grant; listing needs only
+    storage.objects.list, which every run needs anyway."""
+    response = _get(session, f"{endpoint}/storage/v1/b/{urllib.parse.quote(bucket, safe='')}/o",
+                    shown, endpoint, deadline, maxResults="1", fields="items/name")
     _check_status(response, shown, f"bucket gs://{bucket}")
     if response.status_code == 404:
         raise ObjectStoreError(f"{shown}: bucket gs://{bucket} does not exist; check the name, or "
