@@ -429,8 +429,8 @@ class TrainCheckpoints:
             restored = self._latest.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
         except Exception as e:  # Orbax/TensorStore raise many types for damaged files
-            raise DamagedCheckpoint("unreadable", f"{step_dir}: cannot be read ({type(e).__name__}: "
-                                    f"{_short_reason(e)})") from e
+            raise DamagedCheckpoint("unreadable", f"{step_dir}: cannot be read "
+                                    f"({type(e).__name__}: {_short_reason(e)})") from e
         record = restored["record"]
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
             raise DamagedCheckpoint("record", f"{step_dir}/record: no integer 'step'")

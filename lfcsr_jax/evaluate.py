@@ -340,7 +340,8 @@ def _json_default(value: Any) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
 
-    p = argparse.ArgumentParser(prog="python -m lfcsr_jax.evaluate", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m lfcsr_jax.evaluate",
+                                description=__doc__.split("\n")[0],
                                 epilog=image_io.ORIENTATION_NOTE)
     p.add_argument("--checkpoint", default="", help="export directory (checkpointing.save_export)")
     p.add_argument("--model", default="lfcsr", choices=("lfcsr", "bicubic"),

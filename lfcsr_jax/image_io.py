@@ -68,7 +68,7 @@ def _png_exif_orientation(data: bytes) -> int:
             try:
                 exif.load(data[offset + 8:offset + 8 + length])
                 return int(exif.get(_EXIF_ORIENTATION, 1))
-            except Exception:  # noqa: BLE001 (a broken EXIF block: viewers show the pixels as stored)
+            except Exception:  # noqa: BLE001 (broken EXIF: viewers show the pixels as stored)
                 return 1
         if kind == b"IEND":
             break

@@ -146,8 +146,9 @@ def _session(shown: str) -> Any:
 
     if _which(endpoint_url()):
         return requests.Session()
-    import google.auth  # pylint: disable=import-outside-toplevel
-    from google.auth.transport.requests import AuthorizedSession  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    import google.auth
+    from google.auth.transport.requests import AuthorizedSession
 
     try:
         credentials, _ = google.auth.default(scopes=_SCOPES)

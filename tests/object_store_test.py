@@ -1,4 +1,4 @@
-"""gs:// locations fail fast in one line; uploads outlast a short outage (lfcsr_jax/object_store.py).
+"""gs:// locations fail fast in one line; uploads outlast a short outage (object_store.py).
 
 Against the local emulator (tests/gcs_emulator.py) and a few local stand-ins: a closed port, a
 host under .invalid (never resolves, and fails locally), a server that answers 401/403, one
@@ -177,7 +177,8 @@ def test_training_with_an_absent_bucket_exits_2_in_one_line(gcs_emulator, tmp_pa
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert errors == [line for line in errors if line.startswith("main: error: --workdir=")]
-    assert len(errors) == 1 and "bucket gs://no-such-bucket-for-training does not exist" in errors[0]
+    assert len(errors) == 1
+    assert "bucket gs://no-such-bucket-for-training does not exist" in errors[0]
 
 
 # ----------------------------------------------------------------------------- retries

@@ -305,7 +305,8 @@ def _copy_unfinished(uninterrupted: Path, workdir: Path) -> Path:
 
 
 def _flip_data_bytes(step_dir: Path) -> None:
-    data_files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    data_files = [p for p in (step_dir / "state").rglob("*")
+                  if p.is_file() and p.parent.name == "d"]
     assert data_files, f"no data files under {step_dir}"
     for path in data_files:
         data = bytearray(path.read_bytes())
