@@ -214,12 +214,18 @@ def test_retry_transient_backs_off_then_succeeds_and_gives_up_on_the_rest():
     assert delays == [2.0, 4.0]
 
 
-def test_upload_outlasts_an_emulator_restart(gcs_emulator, monkeypatch):
+@pytest.mark.parametrize("gcsfs_retries", [True, False])
+def test_upload_outlasts_an_emulator_restart(gcs_emulator, monkeypatch, caplog, gcsfs_retries):
     """The writer path (metrics.jsonl, every output file) across a real outage: the emulator
-    is stopped, and restarted on the same port 3 s into the write."""
+    is stopped, and restarted on the same port 3 s into the write. gcsfs retries by itself (for
+    about 30 s); with its retries turned off, retry_transient alone must carry the write."""
     import gcsfs
+    import gcsfs.retry
 
     from tests.gcs_emulator import BUCKET, Emulator, client_environment
+
+    if not gcsfs_retries:
+        monkeypatch.setattr(gcsfs.retry, "is_retriable", lambda error: False)
 
     own = Emulator()  # not the session's: stopping it must not lose other tests' objects
     for key, value in client_environment(own.endpoint).items():
@@ -237,10 +243,13 @@ def test_upload_outlasts_an_emulator_restart(gcs_emulator, monkeypatch):
 
         thread = threading.Thread(target=restart)
         thread.start()
-        paths.write_text_atomic(target, '{"step": 1}\n{"step": 2}\n')
+        with caplog.at_level("WARNING"):
+            paths.write_text_atomic(target, '{"step": 1}\n{"step": 2}\n')
         thread.join()
         assert restarted, "the emulator did not come back"
         assert paths.location(target).read_text() == '{"step": 1}\n{"step": 2}\n'
+        if not gcsfs_retries:
+            assert any("retrying in" in r.getMessage() for r in caplog.records)
     finally:
         for emulator in [own, *restarted]:
             emulator.stop()
