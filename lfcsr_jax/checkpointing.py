@@ -71,16 +71,17 @@ def _host_array(leaf: Any) -> np.ndarray:
 
 
 def array_checksum(x: np.ndarray) -> str:
-    """SHA-256 of dtype, shape and the C-order bytes: equal values, equal digest."""
+    """SHA-256 of dtype (name: ml_dtypes share .str per size; and .str: byte order), shape and
+    the C-order bytes: equal values, equal digest."""
     x = np.ascontiguousarray(x)
-    digest = hashlib.sha256(f"{x.dtype.str}{x.shape}".encode())
+    digest = hashlib.sha256(f"{x.dtype.name}{x.dtype.str}{x.shape}".encode())
     digest.update(memoryview(x.reshape(-1).view(np.uint8)))
     return digest.hexdigest()
 
 
 def _leaf_entry(leaf: Any) -> dict[str, Any]:
     x = _host_array(leaf)
-    return {"dtype": x.dtype.str, "shape": list(x.shape), CHECKSUM_ALGORITHM: array_checksum(x)}
+    return {"dtype": x.dtype.name, "shape": list(x.shape), CHECKSUM_ALGORITHM: array_checksum(x)}
 
 
 def tree_checksums(tree: Any) -> dict[str, Any]:
@@ -99,7 +100,7 @@ def tree_checksums(tree: Any) -> dict[str, Any]:
 
 
 def _tree_specs(tree: Any) -> dict[str, tuple[str, list[int]]]:
-    return {jax.tree_util.keystr(k): (np.dtype(leaf.dtype).str, list(leaf.shape))
+    return {jax.tree_util.keystr(k): (np.dtype(leaf.dtype).name, list(leaf.shape))
             for k, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 

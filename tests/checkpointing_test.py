@@ -220,6 +220,14 @@ def test_checksums_depend_on_values_dtype_and_shape():
     y = x.copy()
     y[3] = np.nextafter(y[3], np.float32(10))  # one ulp
     assert checkpointing.array_checksum(y) != digest
+    import ml_dtypes  # most float8 types share numpy's dtype.str '<V1': the name tells them apart
+
+    raw = np.arange(4, dtype=np.uint8)
+    assert (checkpointing.array_checksum(raw.view(ml_dtypes.float8_e4m3fn))
+            != checkpointing.array_checksum(raw.view(ml_dtypes.float8_e4m3fnuz)))
+    half = np.ones((4,), np.float16)
+    entry = checkpointing.tree_checksums({"w": half.view(ml_dtypes.bfloat16)})["leaves"]["['w']"]
+    assert entry["dtype"] == "bfloat16" and entry["shape"] == [4]
 
 
 def test_damaged_export_names_the_file(tmp_path):
