@@ -9,11 +9,20 @@ removed by the next export to the same place. On gs:// a folder cannot be rename
 section 14): the export is written in place, config.json last, and config.json is removed first
 when an export is replaced, so a reader that finds config.json finds a complete export. A corrupt export (unreadable config.json, truncated or random
 params/) raises CheckpointError naming the file.
+
+Integrity (docs/design.md, section 14): every save records a SHA-256 of every array it writes
+(its dtype, shape and bytes), in config.json for an export and in a `checksums` JSON item of the
+same Orbax step for a training checkpoint, so the record is committed with the arrays or not at
+all. Every restore recomputes and compares them. Exports and checkpoints written before checksums
+existed load unverified, with a log line saying so.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
 import json
+import logging as logging_std
 import os
 import shutil
 import sys
@@ -24,17 +33,103 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from lfcsr_jax import paths
-from lfcsr_jax.cli_errors import UserError
+from lfcsr_jax.cli_errors import UserError, one_line
 from lfcsr_jax.paths import Path
 
 EXPORT_FORMAT = "lfcsr_jax.export/1"
 GENERATOR_KEYS = ("objective", "perceptual")
+CHECKSUM_ALGORITHM = "sha256"  # hardware-accelerated (SHA-NI, ARMv8): faster than blake2b
+_HASH_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 class CheckpointError(UserError):
     """A checkpoint or export that cannot be used, with the path and the reason."""
+
+
+class DamagedCheckpoint(Exception):
+    """A training checkpoint that fails to read or to verify; `reason` is a short slug."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+# ----------------------------------------------------------------------------- checksums
+
+
+def _host_array(leaf: Any) -> np.ndarray:
+    """The whole array on this host; a leaf split over several processes (dual s on a pod) is
+    gathered, which every process does at the same point of save and restore."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    return np.asarray(leaf)
+
+
+def array_checksum(x: np.ndarray) -> str:
+    """SHA-256 of dtype (name: ml_dtypes share .str per size; and .str: byte order), shape and
+    the C-order bytes: equal values, equal digest."""
+    x = np.ascontiguousarray(x)
+    digest = hashlib.sha256(f"{x.dtype.name}{x.dtype.str}{x.shape}".encode())
+    digest.update(memoryview(x.reshape(-1).view(np.uint8)))
+    return digest.hexdigest()
+
+
+def _leaf_entry(leaf: Any) -> dict[str, Any]:
+    x = _host_array(leaf)
+    return {"dtype": x.dtype.name, "shape": list(x.shape), CHECKSUM_ALGORITHM: array_checksum(x)}
+
+
+def tree_checksums(tree: Any) -> dict[str, Any]:
+    """{"algorithm", "leaves": {key path: {"dtype", "shape", "sha256"}}} of every array leaf.
+
+    hashlib releases the GIL, so leaves are hashed on a few threads (paper model's training
+    state, 1.3 GiB: tools/checksum_cost.py). Leaves split over processes are gathered first,
+    in tree order on this thread, as every process must gather them in the same order."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    keys = [jax.tree_util.keystr(key_path) for key_path, _ in flat]
+    leaves = [leaf if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable
+              else _host_array(leaf) for _, leaf in flat]
+    with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
+        entries = list(pool.map(_leaf_entry, leaves))
+    return {"algorithm": CHECKSUM_ALGORITHM, "leaves": dict(zip(keys, entries))}
+
+
+def _tree_specs(tree: Any) -> dict[str, tuple[str, list[int]]]:
+    return {jax.tree_util.keystr(k): (np.dtype(leaf.dtype).name, list(leaf.shape))
+            for k, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def structure_mismatch(recorded: dict[str, Any], abstract: Any) -> str:
+    """'' when the recorded leaves have the paths, dtypes and shapes of `abstract`, else the
+    first difference (a checkpoint of another config: not damage)."""
+    want = _tree_specs(abstract)
+    have = {k: (v["dtype"], list(v["shape"])) for k, v in recorded["leaves"].items()}
+    for key in sorted(set(want) | set(have)):
+        if want.get(key) != have.get(key):
+            return f"{key or 'root'}: recorded {have.get(key)}, expected {want.get(key)}"
+    return ""
+
+
+def verify_checksums(tree: Any, recorded: Any) -> str:
+    """'' when every leaf of `tree` matches `recorded` (tree_checksums' output), else a
+    description of the first difference."""
+    if (not isinstance(recorded, dict) or recorded.get("algorithm") != CHECKSUM_ALGORITHM
+            or not isinstance(recorded.get("leaves"), dict)):
+        return f"checksum record malformed (expected algorithm {CHECKSUM_ALGORITHM!r} and leaves)"
+    actual = tree_checksums(tree)["leaves"]
+    if set(actual) != set(recorded["leaves"]):
+        missing = sorted(set(recorded["leaves"]) - set(actual))
+        extra = sorted(set(actual) - set(recorded["leaves"]))
+        return f"arrays differ from the record (missing {missing[:3]}, unexpected {extra[:3]})"
+    for key, entry in actual.items():
+        if not isinstance(recorded["leaves"][key], dict) or entry != recorded["leaves"][key]:
+            return f"checksum mismatch in {key or 'the root array'}"
+    return ""
 
 
 def _check_generator_tree(params: dict[str, Any], where: str) -> None:
@@ -63,6 +158,7 @@ def save_export(
     host_params = jax.tree_util.tree_map(np.asarray, generator_params)
     info = {"format": EXPORT_FORMAT, "model": _jsonable(model_config)}
     info.update(extra_info or {})
+    info["checksums"] = tree_checksums(host_params)  # config.json is written last: the commit
     if paths.is_remote(target):
         _save_export_in_place(target, host_params, info)
         return target
@@ -138,7 +234,29 @@ def load_export(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str,
         raise CheckpointError(f"{params_dir}: expected a tree of parameters, got "
                               f"{type(params).__name__}")
     _check_generator_tree(params, str(source))
+    if "checksums" not in info:
+        logging.warning("%s: written before exports carried checksums; loaded unverified "
+                        "(re-export to add them)", config_file)
+    else:
+        problem = verify_checksums(params, info["checksums"])
+        if problem:
+            raise CheckpointError(f"{params_dir}: {problem} against {config_file}; the export "
+                                  "is damaged: re-export or re-convert the model")
     return info["model"], params
+
+
+def _short_reason(error: BaseException, limit: int = 240) -> str:
+    """A TensorStore error without its JSON specs, and its end when long: the innermost cause
+    (the file and e.g. 'Data corruption detected') comes last in its chain of contexts."""
+    text = one_line(error).split(" [tensorstore_spec", 1)[0]
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def _drop_unretrieved_task_reports(record: logging_std.LogRecord) -> bool:
+    """asyncio's 'Task exception was never retrieved': Orbax stops at the first failed array
+    read and leaves the other reads' failures unretrieved; each would print its multi-line
+    TensorStore error at garbage collection, after the one-line report."""
+    return not record.getMessage().startswith("Task exception was never retrieved")
 
 
 def _silence_closed_event_loop_reports() -> None:
@@ -150,6 +268,7 @@ def _silence_closed_event_loop_reports() -> None:
     previous = sys.excepthook
     if getattr(previous, "_drops_closed_event_loop", False):
         return
+    logging_std.getLogger("asyncio").addFilter(_drop_unretrieved_task_reports)
 
     def hook(kind, value, traceback):
         if kind is RuntimeError and str(value) == "Event loop is closed":
@@ -250,29 +369,117 @@ class TrainCheckpoints:
         return self._latest.latest_step()
 
     def save(self, step: int, state: Any, record: dict[str, Any], force: bool = False) -> None:
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  record=ocp.args.JsonSave(_jsonable(record)))
-        self._latest.save(step, args=args, force=force)
+        self._latest.save(step, args=_save_args(state, record), force=force)
 
     def save_best(self, step: int, state: Any, record: dict[str, Any],
                   metrics: dict[str, float]) -> None:
         """Offers the state to every best-by-metric manager that tracks a metric present here."""
+        checksums = None  # hashed once, for all the managers that take this state
         for metric, manager in self._best.items():
             if metric in metrics and np.isfinite(metrics[metric]):
-                args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          record=ocp.args.JsonSave(_jsonable(record)))
-                manager.save(step, args=args, metrics={metric: float(metrics[metric])},
-                             force=True)
+                checksums = checksums or tree_checksums(state)
+                manager.save(step, args=_save_args(state, record, checksums),
+                             metrics={metric: float(metrics[metric])}, force=True)
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
-        """(state, record) of the newest complete save, or None when there is none."""
-        step = self._latest.latest_step()
-        if step is None:
-            return None
-        restored = self._latest.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                          record=ocp.args.JsonRestore()))
-        return restored["state"], dict(restored["record"])
+        """(state, record) of the newest save that reads and verifies, or None when there is
+        none. Newer saves that fail are reported in one line each and moved under `damaged/`
+        (never deleted), so they are not tried again; when none verifies, nothing is moved and
+        CheckpointError lists them."""
+        failures: list[tuple[int, DamagedCheckpoint]] = []
+        for step in sorted(self._latest.all_steps(), reverse=True):
+            try:
+                state, record = self._restore_verified(step, abstract_state)
+            except DamagedCheckpoint as damage:
+                failures.append((step, damage))
+                continue
+            for bad_step, damage in failures:
+                self._set_aside(bad_step, damage)
+            if failures:
+                self._latest.reload()
+            return state, record
+        if failures:
+            listed = "; ".join(f"step {step}: {one_line(d)}" for step, d in failures)
+            raise CheckpointError(
+                f"{self._latest.directory}: no checkpoint verifies ({listed}); nothing was moved: "
+                "restore them from a copy, or move that folder aside to train from step 0")
+        return None
+
+    def _step_dir(self, step: int) -> Path:
+        return paths.location(self._latest.directory) / str(step)
+
+    def _restore_verified(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        """The save at `step`, checked against its checksums; DamagedCheckpoint if it cannot be
+        read or does not match, CheckpointError if it is sound but of another state shape."""
+        step_dir = self._step_dir(step)
+        if not step_dir.is_dir() or not any(step_dir.iterdir()):
+            raise DamagedCheckpoint("empty", f"{step_dir} is an empty folder")
+        recorded = None
+        if not (step_dir / "checksums").exists() and _lists_checksums(step_dir):
+            raise DamagedCheckpoint("checksums", f"{step_dir}/checksums: missing, though the "
+                                    "step's metadata lists it")
+        if (step_dir / "checksums").exists():
+            recorded = self._read_checksums(step, step_dir)
+            mismatch = structure_mismatch(recorded, abstract_state)
+            if mismatch:
+                raise CheckpointError(
+                    f"{step_dir}: holds a training state of another shape ({mismatch}); it was "
+                    "written by another config: use that config, or another --workdir")
+        _silence_closed_event_loop_reports()
+        try:
+            restored = self._latest.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
+        except Exception as e:  # Orbax/TensorStore raise many types for damaged files
+            raise DamagedCheckpoint("unreadable", f"{step_dir}: cannot be read "
+                                    f"({type(e).__name__}: {_short_reason(e)})") from e
+        record = restored["record"]
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise DamagedCheckpoint("record", f"{step_dir}/record: no integer 'step'")
+        if recorded is None:
+            logging.warning("%s: written before checkpoints carried checksums; restored "
+                            "unverified", step_dir)
+        else:
+            problem = verify_checksums(restored["state"], recorded)
+            if problem:
+                raise DamagedCheckpoint("checksum", f"{step_dir}: {problem}")
+        return restored["state"], dict(record)
+
+    def _read_checksums(self, step: int, step_dir: Path) -> dict[str, Any]:
+        try:
+            recorded = self._latest.restore(
+                step, args=ocp.args.Composite(checksums=ocp.args.JsonRestore()))["checksums"]
+        except Exception as e:  # a truncated or missing JSON file
+            raise DamagedCheckpoint("checksums", f"{step_dir}/checksums: unreadable "
+                                    f"({type(e).__name__}: {_short_reason(e)})") from e
+        if (not isinstance(recorded, dict) or not isinstance(recorded.get("leaves"), dict)
+                or not all(isinstance(v, dict) and {"dtype", "shape"} <= set(v)
+                           for v in recorded["leaves"].values())):
+            raise DamagedCheckpoint("checksums", f"{step_dir}/checksums: not a checksum record")
+        return recorded
+
+    def _set_aside(self, step: int, damage: DamagedCheckpoint) -> None:
+        """Moves a damaged save to damaged/latest-<step>-<reason> (a folder no manager scans)
+        and says so in one line. One process moves it; the others wait for it."""
+        source = self._step_dir(step)
+        target = self.directory / "damaged" / f"latest-{step}-{damage.reason}"
+        suffix = 1
+        while target.exists():
+            suffix += 1
+            target = self.directory / "damaged" / f"latest-{step}-{damage.reason}-{suffix}"
+        moved = ""
+        if jax.process_index() == 0:
+            try:
+                paths.move_tree(source, target)
+                moved = f"moved to {target}"
+            except Exception as e:  # noqa: BLE001 (reported; the next run tries it again)
+                moved = f"could not be moved aside ({type(e).__name__}: {one_line(e)[:100]})"
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+            multihost_utils.sync_global_devices(f"lfcsr_set_aside_{step}")
+        logging.warning("%s", one_line(f"checkpoint step {step} is damaged ({damage}); "
+                                       f"{moved or 'moved aside by process 0'}; resuming from "
+                                       "an older one"))
 
     def wait_until_finished(self) -> None:
         self._latest.wait_until_finished()
@@ -284,6 +491,24 @@ class TrainCheckpoints:
         self._latest.close()
         for manager in self._best.values():
             manager.close()
+
+
+def _lists_checksums(step_dir: Path) -> bool:
+    """Whether Orbax's step metadata names a `checksums` item: the step was saved with one, so
+    its absence is damage, not an old checkpoint."""
+    try:
+        metadata = json.loads((step_dir / "_CHECKPOINT_METADATA").read_text())
+        return "checksums" in metadata.get("item_handlers", {})
+    except Exception:  # noqa: BLE001 (unreadable metadata: the restore itself will report it)
+        return False
+
+
+def _save_args(state: Any, record: dict[str, Any],
+               checksums: dict[str, Any] | None = None) -> ocp.args.Composite:
+    """The state, its record and the state's checksums: one Orbax step, committed together."""
+    return ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              record=ocp.args.JsonSave(_jsonable(record)),
+                              checksums=ocp.args.JsonSave(checksums or tree_checksums(state)))
 
 
 def _barrier_prefix(name: str) -> ocp.options.MultiprocessingOptions:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import tempfile
 from typing import Any, Callable, TypeVar
 
 from lfcsr_jax import paths
@@ -76,7 +77,8 @@ def reports_user_errors(prog: str) -> Callable[[F], F]:
 def check_output_dir(path: paths.PathLike, flag: str) -> paths.Path:
     """Fails now (before any compute) unless `path` is, or can be created as, a writable folder.
 
-    Creates nothing: walks up to the nearest existing ancestor, which must be a writable folder.
+    Creates no folder: walks up to the nearest existing ancestor, which must be a folder where a
+    file can be created (tested by creating and removing one).
     On an object store (gs://) there are no folders to create and no write permission to probe
     without writing; the checks are that no object has the name of the folder or of a folder
     above it, and that the bucket exists.
@@ -102,9 +104,21 @@ def check_output_dir(path: paths.PathLike, flag: str) -> paths.Path:
         probe = parent
     if probe.exists() and not probe.is_dir():
         raise UserError(f"{flag}={shown}: {probe} is a file, so no folder can be created below it")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{flag}={shown}: {probe} is not writable")
+    _check_writable_by_writing(probe, shown, flag)
     return out
+
+
+def _check_writable_by_writing(folder: paths.Path, shown: str, flag: str) -> None:
+    """Creates and removes a small file in `folder`. os.access answers from the permission bits
+    and says yes to root on any folder, including read-only mounts and pseudo file systems
+    (/sys, /proc) where every write fails; only a write tells."""
+    try:
+        fd, probe_file = tempfile.mkstemp(prefix=".lfcsr-write-probe-", dir=os.fspath(folder))
+    except OSError as error:
+        raise UserError(f"{flag}={shown}: {folder} is not writable ({error.strerror or error}); "
+                        "choose a folder you can write to") from error
+    os.close(fd)
+    os.unlink(probe_file)
 
 
 def _check_remote_output_dir(out: paths.Path, shown: str, flag: str) -> None:

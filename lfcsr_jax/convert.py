@@ -350,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     vgg.add_argument("--input", required=True)
     vgg.add_argument("--output", required=True)
     args = parser.parse_args(argv)
+    from lfcsr_jax import object_store
+
+    object_store.check_locations([("--input", args.input, True), ("--output", args.output, False)])
     if args.command == "pdasr":
         written = convert_pdasr(args.input, args.output, args.config)
     else:

@@ -338,7 +338,11 @@ def _json_default(value: Any) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lfcsr_jax.evaluate", description=__doc__.split("\n")[0])
+    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+
+    p = argparse.ArgumentParser(prog="python -m lfcsr_jax.evaluate",
+                                description=__doc__.split("\n")[0],
+                                epilog=image_io.ORIENTATION_NOTE)
     p.add_argument("--checkpoint", default="", help="export directory (checkpointing.save_export)")
     p.add_argument("--model", default="lfcsr", choices=("lfcsr", "bicubic"),
                    help="'bicubic' evaluates MATLAB bicubic upscaling; no checkpoint needed")
@@ -364,9 +368,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_object_store_locations(args: argparse.Namespace, is_bicubic: bool) -> None:
+    """Every gs:// flag, once, before anything is read (lfcsr_jax/object_store.py)."""
+    from lfcsr_jax import object_store  # pylint: disable=import-outside-toplevel
+
+    reads = [("--data_dir", args.data_dir), ("--lpips_dir", args.lpips_dir),
+             ("--niqe_params", args.niqe_params), ("--nrqm_model", args.nrqm_model)]
+    if not is_bicubic:
+        reads.append(("--checkpoint", args.checkpoint))
+    if args.reference_points != "paper":
+        reads.append(("--reference_points", args.reference_points))
+    reads += [("--sr_dir", spec.partition("=")[2]) for spec in getattr(args, "sr_dir", [])]
+    object_store.check_locations([(flag, value, True) for flag, value in reads]
+                                 + [("--output_dir", args.output_dir, False)])
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluates and writes the reports; returns {'results', 'table', 'unavailable', 'files'}."""
     is_bicubic = args.model == "bicubic"
+    _check_object_store_locations(args, is_bicubic)
     if not is_bicubic and not args.checkpoint:
         raise UserError("give --checkpoint=EXPORT_DIR or --model=bicubic")
     if args.max_images < 0:

@@ -2,7 +2,10 @@
 
 Conversions follow what MATLAB/OpenCV users of the SR field expect: grayscale is replicated to three
 channels, alpha is dropped (not composited), palettes are expanded, and 16-bit samples become 8-bit
-with MATLAB's `im2uint8` rounding, round(v / 257).
+with MATLAB's `im2uint8` rounding, round(v / 257). The EXIF orientation tag (JPEG, PNG eXIf, WebP,
+TIFF) is applied as image viewers apply it (what PIL.ImageOps.exif_transpose does), so a phone
+photo tagged "rotate 90" is super-resolved and scored upright; outputs are plain arrays written
+without an orientation tag.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from lfcsr_jax.cli_errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_EXIF_ORIENTATION = 0x0112
+ORIENTATION_NOTE = ("Images are read upright: an EXIF orientation tag (phone photos) is applied as "
+                    "image viewers apply it; outputs are written upright, with no orientation tag.")
 
 
 class ImageReadError(UserError):
@@ -48,6 +54,54 @@ def _decode_png16(data: bytes) -> np.ndarray:
     tf.config.set_visible_devices([], "GPU")
     x = tf.io.decode_png(data, channels=0, dtype=tf.uint16).numpy()
     return _to_rgb_channels(_uint16_to_uint8(x))
+
+
+def _png_exif_orientation(data: bytes) -> int:
+    """The Orientation of a PNG's eXIf chunk (1 if none), read by walking the chunk headers:
+    the 16-bit path decodes through TensorFlow, which ignores EXIF."""
+    offset = len(_PNG_SIGNATURE)
+    while offset + 8 <= len(data):
+        length = int.from_bytes(data[offset:offset + 4], "big")
+        kind = data[offset + 4:offset + 8]
+        if kind == b"eXIf":
+            exif = Image.Exif()
+            try:
+                exif.load(data[offset + 8:offset + 8 + length])
+                return int(exif.get(_EXIF_ORIENTATION, 1))
+            except Exception:  # noqa: BLE001 (broken EXIF: viewers show the pixels as stored)
+                return 1
+        if kind == b"IEND":
+            break
+        offset += 12 + length  # length, type, data, CRC
+    return 1
+
+
+def _pil_exif_orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 (a broken EXIF block: viewers show the pixels as stored)
+        return 1
+
+
+def _upright(x_HxWxC: np.ndarray, orientation: int) -> np.ndarray:
+    """The image as a viewer shows it for EXIF Orientation 1..8 (PIL.ImageOps.exif_transpose's
+    table: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse,
+    8 rotate 90 counter-clockwise); other values are ignored, as viewers ignore them."""
+    if orientation == 2:
+        return x_HxWxC[:, ::-1]
+    if orientation == 3:
+        return x_HxWxC[::-1, ::-1]
+    if orientation == 4:
+        return x_HxWxC[::-1]
+    if orientation == 5:
+        return x_HxWxC.transpose(1, 0, 2)
+    if orientation == 6:
+        return x_HxWxC[::-1].transpose(1, 0, 2)
+    if orientation == 7:
+        return x_HxWxC[::-1, ::-1].transpose(1, 0, 2)
+    if orientation == 8:
+        return x_HxWxC[:, ::-1].transpose(1, 0, 2)
+    return x_HxWxC
 
 
 def _to_rgb_channels(x_HxWxC: np.ndarray) -> np.ndarray:
@@ -84,17 +138,18 @@ def _read_bytes(path: paths.Path) -> bytes:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """The image at `path` (local or gs://) as RGB uint8 (H, W, 3); ImageReadError naming the
-    file otherwise. The file is read once into memory and decoded from there."""
+    """The image at `path` (local or gs://) as RGB uint8 (H, W, 3), upright (its EXIF
+    orientation applied); ImageReadError naming the file otherwise. The file is read once into
+    memory and decoded from there."""
     path = paths.location(path)
     data = _read_bytes(path)
     try:
         if _png_bit_depth(data) == 16:
-            x = _decode_png16(data)
+            x = _upright(_decode_png16(data), _png_exif_orientation(data))
         else:
             with Image.open(io.BytesIO(data)) as img:
                 img.load()  # decodes everything now, so truncation fails here, not later.
-                x = _pil_to_rgb(img)
+                x = _upright(_pil_to_rgb(img), _pil_exif_orientation(img))
     except UnidentifiedImageError as e:
         raise ImageReadError(f"{path}: not an image file PIL can read") from e
     except ImageReadError:

@@ -18,7 +18,8 @@ Shared by `super_resolve` (image files) and `evaluate` (benchmarks).
   second run of the same command loads its executables instead of compiling them. A gs:// cache
   folder is handed to JAX as is (JAX reads and writes it through etils.epath, i.e. gcsfs here).
 * Checkpoints may be local folders or gs:// URIs (lfcsr_jax.paths).
-* `estimate_activation_bytes` / `free_device_memory`: when to tile and how many images to batch.
+* `estimate_activation_bytes` / `memory_budget`: when to tile and how many images to batch (on
+  CPU against the host memory available: the cgroup limit or MemAvailable).
 """
 
 from __future__ import annotations
@@ -309,21 +310,97 @@ def parse_bytes(text: str) -> int:
     return int(float(match.group(1)) * 1024 ** " kmgt".index(match.group(2) or " "))
 
 
+# On CPU, the forward's activations may take this share of the available host memory, less a
+# fixed reserve: the rest is for what the estimate leaves out. Measured (tools/cpu_memory.py,
+# demo model, float32, compile included): peak RSS above the loaded model 138 / 195 / 405 /
+# 1270 MiB at 64 / 128 / 256 / 512 LR pixels square, for estimates of 29 / 117 / 468 / 1872 MiB:
+# a fixed ~110 MiB (XLA's compile and runtime) plus about 0.7 x the estimate.
+HOST_MEMORY_SHARE = 0.75
+HOST_MEMORY_RESERVE = 256 * 2 ** 20
+
+
 def free_device_memory(budget: str = "") -> int | None:
-    """Bytes the forward may use: `budget` or $LFCSR_MEMORY_BUDGET if given, else the default
-    device's free memory (bytes_limit - bytes_in_use, on GPU/TPU); None when unknown (CPU)."""
-    budget = budget or os.environ.get(MEMORY_BUDGET_ENV, "")
+    """Bytes the forward may use (memory_budget without the description)."""
+    return memory_budget(budget)[0]
+
+
+def memory_budget(budget: str = "") -> tuple[int | None, str]:
+    """(bytes the forward may use, where that figure comes from): `budget` or
+    $LFCSR_MEMORY_BUDGET if given; else the default device's free memory (bytes_limit -
+    bytes_in_use, GPU/TPU); else, on CPU, HOST_MEMORY_SHARE of the host memory available to
+    this process (host_available_bytes) less HOST_MEMORY_RESERVE (at least a quarter of it);
+    (None, '') when nothing is known."""
     if budget:
-        return parse_bytes(budget)
+        return parse_bytes(budget), "--memory_budget"
+    if os.environ.get(MEMORY_BUDGET_ENV, ""):
+        return parse_bytes(os.environ[MEMORY_BUDGET_ENV]), f"${MEMORY_BUDGET_ENV}"
     import jax  # pylint: disable=import-outside-toplevel
 
+    device = jax.local_devices()[0]
     try:
-        stats = jax.local_devices()[0].memory_stats() or {}
+        stats = device.memory_stats() or {}
     except Exception:  # pylint: disable=broad-except  # backends without memory stats
+        stats = {}
+    if "bytes_limit" in stats:
+        return (int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)),
+                "free device memory")
+    if device.platform != "cpu":
+        return None, ""
+    available = host_available_bytes()
+    if available is None:
+        return None, ""
+    usable = max(int(available * HOST_MEMORY_SHARE) - HOST_MEMORY_RESERVE, available // 4)
+    return usable, (f"host memory available {format_bytes(available)}, less a margin for XLA "
+                    "and I/O")
+
+
+def host_available_bytes(meminfo: str = "/proc/meminfo",
+                         cgroup_root: str = "/sys/fs/cgroup") -> int | None:
+    """Memory this process can still get: the smaller of the kernel's MemAvailable and what its
+    cgroup's limit leaves (v2 memory.max - memory.current, or v1 memory.limit_in_bytes -
+    memory.usage_in_bytes; page cache it can reclaim, inactive_file, counted as free). None
+    when neither is readable (not Linux)."""
+    candidates = []
+    try:
+        with open(meminfo, encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    candidates.append(int(line.split()[1]) * 1024)  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes",
+                                    "memory/memory.usage_in_bytes")):
+        limit = _read_int(os.path.join(cgroup_root, limit_file))
+        usage = _read_int(os.path.join(cgroup_root, usage_file))
+        if limit is None or usage is None or limit >= 2 ** 60:  # v1 "no limit" is ~2^63
+            continue
+        stat = os.path.join(cgroup_root, os.path.dirname(limit_file), "memory.stat")
+        reclaimable = _read_stat(stat, ("inactive_file", "total_inactive_file"))
+        candidates.append(max(0, limit - max(0, usage - reclaimable)))
+        break
+    return min(candidates) if candidates else None
+
+
+def _read_int(path: str) -> int | None:
+    """An integer file such as memory.max; None if absent, unreadable or 'max' (no limit)."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
         return None
-    if "bytes_limit" not in stats:
-        return None
-    return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+
+
+def _read_stat(path: str, keys: tuple[str, ...]) -> int:
+    try:
+        with open(path, encoding="ascii") as handle:
+            for line in handle:
+                name, _, value = line.partition(" ")
+                if name in keys:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def choose_tile(model: LoadedModel, h: int, w: int, budget: int, overlap: int) -> int:

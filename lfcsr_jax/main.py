@@ -37,6 +37,10 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if "://" not in FLAGS.workdir:  # local paths only; gs:// and the like are checked by writing
         cli_errors.check_output_dir(FLAGS.workdir, "--workdir")
+    from lfcsr_jax import object_store
+
+    object_store.check_locations([("--workdir", FLAGS.workdir, False),
+                                  *object_store.config_locations(FLAGS.config)])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from lfcsr_jax import runtime
 

@@ -52,7 +52,10 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> None:
     """Readers see the old file or the whole new one, never a part (see the module note)."""
     target = location(path)
     if is_remote(target):
-        target.write_bytes(data)  # one object upload: all or nothing
+        from lfcsr_jax import object_store  # here: object_store -> cli_errors -> paths
+
+        # One object upload, all or nothing, so a retry after a dropped connection is safe.
+        object_store.retry_transient(lambda: target.write_bytes(data), f"upload of {target}")
         return
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=os.fspath(target.parent))
     try:
@@ -79,6 +82,24 @@ def remove_tree(path: PathLike) -> None:
     target = location(path)
     if target.exists():
         target.rmtree()
+
+
+def move_tree(source: PathLike, target: PathLike) -> None:
+    """Moves a folder to `target` (which must not exist), creating target's parent. Local: one
+    rename. gs://: every object is copied, then the originals are deleted (not atomic: see the
+    module note), through gcsfs, as epath's rename of a folder needs the target's parent folder
+    to exist, and GCS has no folders."""
+    source, target = location(source), location(target)
+    if target.exists():
+        raise FileExistsError(f"{target} already exists")
+    if not is_remote(source) and not is_remote(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        return
+    from etils.epath import backend  # the fsspec filesystem behind gs://
+
+    backend.fsspec_backend.fs(os.fspath(source)).mv(os.fspath(source), os.fspath(target),
+                                                     recursive=True)
 
 
 def _umask() -> int:

@@ -14,7 +14,8 @@ writes run in a small thread pool beside the device; compiled programs persist i
 
 INPUT, --checkpoint and --output: local paths or gs:// URIs (lfcsr_jax.paths), mixed freely.
 INPUT: image files and/or folders of images (not recursive). Grayscale, gray+alpha, palette, RGBA
-(alpha dropped) and 16-bit images are read as RGB uint8 (image_io.py); outputs are always RGB.
+(alpha dropped) and 16-bit images are read as RGB uint8, upright (EXIF orientation applied,
+image_io.py); outputs are always RGB, upright, with no orientation tag.
 --alpha blends the two stages: 0 = the perceptual output Y (the model's final output, default),
 1 = the objective output Y', in between alpha Y' + (1 - alpha) Y.
 --format png: clamped to [0, 255] and rounded; npy: float32 on the 0-255 scale, unquantised.
@@ -46,9 +47,9 @@ with a large overlap). Hence two modes:
     (about 47 LR pixels for the paper's 15 blocks, so --tile_overlap >= 188).
 A tile larger than the image is exactly the untiled computation.
 --tile=0 (default) runs whole images, unless an image's estimated activation memory exceeds the
-device's free memory (GPU/TPU; or --memory_budget / $LFCSR_MEMORY_BUDGET): then it is tiled with
-the largest tile that fits, and the console says so with the tile size. On CPU big inputs run
-untiled and the estimate is printed.
+device's free memory (GPU/TPU), on CPU 75% of the host memory available to the process (its
+cgroup limit, else MemAvailable), or --memory_budget / $LFCSR_MEMORY_BUDGET: then it is tiled
+with the largest tile that fits, and the console says so with the tile size and the budget.
 """
 
 from __future__ import annotations
@@ -287,8 +288,11 @@ def write_output(path: str | os.PathLike, sr_hxwx3: np.ndarray, fmt: str) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+
     p = argparse.ArgumentParser(prog="python -m lfcsr_jax.super_resolve",
-                                description="Super-resolve images with an LFc-SR export.")
+                                description="Super-resolve images with an LFc-SR export.",
+                                epilog=image_io.ORIENTATION_NOTE)
     p.add_argument("inputs", nargs="+", help="image files and/or folders (local or gs://)")
     p.add_argument("--checkpoint", required=True, help="export directory (local or gs://)")
     p.add_argument("--output", required=True,
@@ -296,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.0, help="0 = perceptual Y, 1 = objective Y'")
     p.add_argument("--tile", type=int, default=0,
                    help="LR tile size (0 = whole image, tiled by itself only when the estimated "
-                   "activation memory exceeds the device's free memory)")
+                   "activation memory exceeds the free device memory, on CPU 75%% of the available "
+                   "host memory)")
     p.add_argument("--tile_overlap", type=int, default=32, help="LR pixels shared by neighbours")
     p.add_argument("--tile_mode", default="both", choices=TILE_MODES,
                    help="both: tile both stages (approximate); perceptual: tile only G_P (exact)")
@@ -306,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "bounded by free memory; 1 on CPU)")
     p.add_argument("--memory_budget", default="",
                    help="bytes the forward may use, e.g. 2G (default: $LFCSR_MEMORY_BUDGET, else "
-                   "the device's free memory; none on CPU)")
+                   "the free device memory; on CPU 75%% of the host memory available: cgroup limit "
+                   "or MemAvailable)")
     p.add_argument("--format", default="png", choices=OUTPUT_FORMATS)
     p.add_argument("--fail_fast", action="store_true",
                    help="stop at the first unreadable or unwritable file (default: report it, "
@@ -314,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-BIG_INPUT_BYTES = 2 ** 30  # on CPU (no free-memory figure), estimates above this are printed
+BIG_INPUT_BYTES = 2 ** 30  # with no memory figure at all, estimates above this are printed
 
 
 def _read(source: Path) -> tuple[np.ndarray | None, str]:
@@ -327,10 +333,10 @@ def _read(source: Path) -> tuple[np.ndarray | None, str]:
 
 
 def plan_tile(model: LoadedModel, name: str, h: int, w: int, args: argparse.Namespace,
-              budget: int | None) -> int:
+              budget: int | None, budget_source: str = "free memory") -> int:
     """--tile if given; else 0 (whole image) unless the activation estimate exceeds `budget`,
-    then the largest tile that fits (said on stderr). Without a budget (CPU) big estimates are
-    only printed."""
+    then the largest tile that fits (said on stderr, with where the budget came from). Without
+    a budget (no memory figure at all) big estimates are only printed."""
     if args.tile:
         return args.tile
     need = model.activation_bytes(h, w)
@@ -343,7 +349,7 @@ def plan_tile(model: LoadedModel, name: str, h: int, w: int, args: argparse.Name
         return 0
     tile = inference.choose_tile(model, h, w, budget, args.tile_overlap)
     print(f"[super_resolve] {name}: estimated activation memory {inference.format_bytes(need)} > "
-          f"free {inference.format_bytes(budget)}: tiling with --tile={tile} "
+          f"{inference.format_bytes(budget)} ({budget_source}): tiling with --tile={tile} "
           f"--tile_overlap={args.tile_overlap} (--tile_mode={args.tile_mode})", file=sys.stderr)
     return tile
 
@@ -355,6 +361,11 @@ def run(args: argparse.Namespace) -> list[Path]:
 
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
+    from lfcsr_jax import object_store  # pylint: disable=import-outside-toplevel
+
+    object_store.check_locations([("--checkpoint", args.checkpoint, True),
+                                  ("--output", args.output, False),
+                                  *(("INPUT", source, True) for source in args.inputs)])
     if not 0.0 <= args.alpha <= 1.0:
         raise SuperResolveError(f"--alpha={args.alpha} must lie in [0, 1]")
     if args.tile < 0 or args.tile_overlap < 0 or (args.tile and args.tile_overlap >= args.tile):
@@ -364,7 +375,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         raise SuperResolveError(f"--batch={args.batch} must be >= 0 (0 = auto)")
     files = collect_inputs(args.inputs)
     check_output(args.output, args.format, len(files))  # before the model is loaded
-    budget = inference.free_device_memory(args.memory_budget)
+    budget, budget_source = inference.memory_budget(args.memory_budget)
     inference.configure_compilation_cache(getattr(args, "xla_cache_dir", ""))
     stats_before = inference.CompileStats.snapshot()
     model = load_model(args.checkpoint, args.dtype, args.bucket)
@@ -427,7 +438,8 @@ def run(args: argparse.Namespace) -> list[Path]:
                     fail(source, problem)
                     bar.update(1)
                     continue
-                tile = plan_tile(model, source.name, lr.shape[0], lr.shape[1], args, budget)
+                tile = plan_tile(model, source.name, lr.shape[0], lr.shape[1], args, budget,
+                                 budget_source)
                 if tile:
                     sr = super_resolve_array(model, lr, args.alpha, tile, args.tile_overlap,
                                              args.tile_mode)

@@ -236,8 +236,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     field, values = parse_values(args.values)
+    from lfcsr_jax import object_store  # pylint: disable=import-outside-toplevel
+
+    object_store.check_locations([("--workdir", args.workdir, False),
+                                  ("--data_dir", args.data_dir, True),
+                                  ("--lpips_dir", args.lpips_dir, True)])
     workdir = paths.location(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     eval_args = [f"--data_dir={paths.location(args.data_dir)}", f"--datasets={args.datasets}",
                  f"--metrics={args.metrics}", f"--alphas={args.alphas}",
                  f"--max_images={args.max_images}"]
@@ -253,6 +257,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             set_field(config, name.strip(), value.strip())
         value = set_field(config, field, text)
         configs.append((text, value, config))
+    # The configs' own gs:// fields (weights, data), once, before the first training.
+    object_store.check_locations(sorted({location for _, _, config in configs
+                                         for location in object_store.config_locations(config)}))
+    workdir.mkdir(parents=True, exist_ok=True)
     try:  # TensorFlow only reads data; it must not take GPU memory from JAX (as in main.py).
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
@@ -274,4 +282,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    from lfcsr_jax.cli_errors import reports_user_errors
+
+    reports_user_errors("sweep")(main)()

@@ -178,6 +178,36 @@ def test_unwritable_output_is_found_before_the_model_loads(tmp_path, inputs, mon
     assert not loaded
 
 
+def _refuses_writes(folder: str) -> bool:
+    """Whether creating a file in `folder` fails (it does in /sys, even for root)."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(dir=folder)
+    except OSError:
+        return True
+    os.close(fd)
+    os.unlink(name)
+    return False
+
+
+def test_output_folder_is_tested_by_writing(tmp_path, inputs, monkeypatch):
+    # /sys passes os.access(W_OK) for root, but no file can be created there.
+    if not os.path.isdir("/sys") or not _refuses_writes("/sys"):
+        pytest.skip("needs a folder that refuses writes (/sys on Linux)")
+    with pytest.raises(cli_errors.UserError, match=r"--output=/sys/lfcsr-out: /sys is not writable"):
+        cli_errors.check_output_dir("/sys/lfcsr-out", "--output")
+    loaded = []
+    monkeypatch.setattr(super_resolve, "load_model", lambda *a: loaded.append(a))
+    with pytest.raises(SystemExit, match="/sys is not writable"):
+        super_resolve.main([str(inputs), "--checkpoint=unused", "--output=/sys/lfcsr-out"])
+    assert not loaded
+    # A writable folder passes, and the probe file is gone afterwards.
+    (tmp_path / "ok").mkdir()
+    cli_errors.check_output_dir(tmp_path / "ok" / "new", "--output")
+    assert list((tmp_path / "ok").iterdir()) == []
+
+
 def test_a_bad_file_does_not_abort_the_batch(tmp_path, export_dir, inputs):
     (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     (inputs / "c.png").write_bytes((inputs / "a.png").read_bytes())
@@ -216,7 +246,32 @@ def _corrupt_copies(export_dir: Path, root: Path) -> dict[str, tuple[Path, str]]
     info["model"]["han_features"] = 16
     (root / "mismatch/config.json").write_text(json.dumps(info))
     copies["mismatch"] = (root / "mismatch", "config.json does not match params/")
+    copies["altered"] = (_altered_copy(export_dir, root), "checksum mismatch")
     return copies
+
+
+def _altered_copy(export_dir: Path, root: Path) -> Path:
+    """An export whose params/ decode cleanly but hold one changed value (silent corruption):
+    only the checksums in config.json can tell."""
+    _, params = checkpointing.load_export(export_dir)
+    leaf = params["perceptual"][next(iter(params["perceptual"]))]
+    while isinstance(leaf, dict):
+        leaf = leaf[next(iter(leaf))]
+    leaf.reshape(-1)[0] += 1.0
+    other = checkpointing.save_export(root / "altered_source", params, {})
+    shutil.copytree(export_dir, root / "altered")
+    shutil.rmtree(root / "altered/params")
+    shutil.copytree(other / "params", root / "altered/params")
+    return root / "altered"
+
+
+def test_altered_export_is_named_by_evaluate(tmp_path, export_dir):
+    (tmp_path / "data/Set5/HR").mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "data/Set5/HR/x.png")
+    altered = _altered_copy(export_dir, tmp_path)
+    result = run_cli("evaluate", f"--checkpoint={altered}", f"--data_dir={tmp_path / 'data'}",
+                     "--datasets=Set5", "--metrics=psnr")
+    assert_one_line_error(result, "checksum mismatch", str(altered / "params"), "config.json")
 
 
 def test_corrupt_exports_are_named_in_one_line(tmp_path, export_dir, inputs):

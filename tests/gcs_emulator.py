@@ -42,8 +42,8 @@ def client_environment(endpoint: str) -> dict[str, str]:
 class Emulator:
     """The emulator as a child process with one bucket, BUCKET."""
 
-    def __init__(self) -> None:
-        self.port = _free_port()
+    def __init__(self, port: int = 0) -> None:
+        self.port = port or _free_port()  # a given port: a restart where clients expect it
         self.endpoint = f"http://127.0.0.1:{self.port}"
         # Its log goes to a file: an unread pipe fills up and blocks the emulator's one thread
         # the first time it prints a traceback (for example when a client drops a connection).

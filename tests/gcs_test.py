@@ -72,3 +72,19 @@ def test_export_without_its_marker_is_refused_on_gcs(gcs_root):
     (export / "config.json").unlink()  # what a reader sees mid-replacement or after a crash
     with pytest.raises(checkpointing.CheckpointError, match="no config.json"):
         checkpointing.load_export(export)
+
+
+def test_damaged_checkpoint_on_gcs_is_set_aside(gcs_root):
+    manager = checkpointing.TrainCheckpoints(gcs_root, keep=3)
+    for step in (1, 2):
+        manager.save(step, {"w": np.full((4,), step, np.float32)}, {"step": step})
+    manager.close()
+    newest = paths.location(f"{gcs_root}/latest/2/checksums/metadata")
+    newest.write_text(newest.read_text()[:20])  # a truncated record
+    manager = checkpointing.TrainCheckpoints(gcs_root, keep=3)
+    state, record = manager.restore_latest({"w": np.zeros((4,), np.float32)})
+    assert record["step"] == 1 and float(state["w"][0]) == 1.0
+    assert not paths.location(f"{gcs_root}/latest/2").exists()
+    assert paths.location(f"{gcs_root}/damaged/latest-2-checksums/checksums/metadata").is_file()
+    assert manager.latest_step() == 1
+    manager.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from lfcsr_jax import image_io
 
@@ -128,3 +130,88 @@ def test_read_images_decodes_all_in_order(tmp_path):
         image_io.write_png(p, a)
     out = image_io.read_images(paths, num_threads=2)
     assert [int(o[0, 0, 0]) for o in out] == [1, 2, 3]
+
+
+# The stored pixels for each EXIF orientation of an upright photo, written out by hand from the
+# tag's meaning (where the stored row 0 / column 0 lie in the upright picture).
+_STORED_FOR_ORIENTATION = {
+    1: lambda up: up,
+    2: lambda up: up[:, ::-1],                     # mirrored left-right
+    3: lambda up: up[::-1, ::-1],                  # upside down
+    4: lambda up: up[::-1],                        # mirrored top-bottom
+    5: lambda up: up.transpose(1, 0, 2),           # mirrored along the main diagonal
+    6: lambda up: np.rot90(up, k=1),               # camera turned: shown after 90 deg clockwise
+    7: lambda up: up[::-1, ::-1].transpose(1, 0, 2),  # mirrored along the anti-diagonal
+    8: lambda up: np.rot90(up, k=-1),              # shown after 90 deg counter-clockwise
+}
+
+
+def _save_with_orientation(path, stored, orientation: int, **kwargs) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.ascontiguousarray(stored)).save(path, exif=exif.tobytes(), **kwargs)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_png(tmp_path, orientation):
+    upright = np.random.default_rng(4).integers(0, 256, (5, 7, 3)).astype(np.uint8)  # not square
+    path = tmp_path / f"o{orientation}.png"
+    _save_with_orientation(path, _STORED_FOR_ORIENTATION[orientation](upright), orientation)
+    np.testing.assert_array_equal(image_io.read_image(path), upright)
+    # The same as what viewers (and PIL's own helper) show.
+    with Image.open(path) as img:
+        np.testing.assert_array_equal(np.asarray(ImageOps.exif_transpose(img).convert("RGB")),
+                                      upright)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_jpeg(tmp_path, orientation):
+    # A smooth picture, so JPEG's loss stays small; a lossy format is compared with a tolerance.
+    yy, xx = np.mgrid[0:32, 0:48]
+    upright = np.stack([yy * 7, xx * 5, (yy + xx) * 3], axis=2).astype(np.uint8)
+    path = tmp_path / f"o{orientation}.jpg"
+    _save_with_orientation(path, _STORED_FOR_ORIENTATION[orientation](upright), orientation,
+                           quality=95)
+    out = image_io.read_image(path)
+    assert out.shape == upright.shape
+    assert np.abs(out.astype(int) - upright).mean() < 2.0
+    assert np.abs(out.astype(int) - upright).max() < 40  # a wrong rotation differs by ~100s
+
+
+def test_png_without_exif_is_unchanged(tmp_path):
+    stored = np.random.default_rng(5).integers(0, 256, (5, 7, 3)).astype(np.uint8)
+    Image.fromarray(stored).save(tmp_path / "plain.png")
+    with Image.open(tmp_path / "plain.png") as img:
+        assert 0x0112 not in img.getexif()
+    np.testing.assert_array_equal(image_io.read_image(tmp_path / "plain.png"), stored)
+
+
+def test_16bit_png_orientation_is_applied(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    upright16 = (np.arange(2 * 3 * 3).reshape(2, 3, 3) * 3000).astype(np.uint16)
+    data = tf.io.encode_png(np.ascontiguousarray(_STORED_FOR_ORIENTATION[6](upright16))).numpy()
+    # An eXIf chunk (Orientation 6) inserted right after IHDR (8 + 25 bytes).
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    payload = exif.tobytes()
+    chunk = (len(payload).to_bytes(4, "big") + b"eXIf" + payload
+             + zlib.crc32(b"eXIf" + payload).to_bytes(4, "big"))
+    (tmp_path / "r16.png").write_bytes(data[:33] + chunk + data[33:])
+    out = image_io.read_image(tmp_path / "r16.png")
+    np.testing.assert_array_equal(out, image_io._uint16_to_uint8(upright16))
+
+
+def test_written_png_carries_no_orientation(tmp_path):
+    upright = np.zeros((3, 4, 3), np.uint8)
+    image_io.write_png(tmp_path / "out.png", upright)
+    with Image.open(tmp_path / "out.png") as img:
+        assert 0x0112 not in img.getexif()
+        assert img.size == (4, 3)
+
+
+def test_both_programs_say_in_help_that_images_are_read_upright():
+    from lfcsr_jax import evaluate, super_resolve
+
+    for program in (evaluate, super_resolve):
+        text = " ".join(program.build_parser().format_help().split())
+        assert "EXIF orientation" in text and "no orientation tag" in text

@@ -210,3 +210,76 @@ def test_bucketed_forward_is_exact_for_the_paper_size_model(shared_data):
     error = max(np.abs(y_o - x_o).max(), np.abs(y_p - x_p).max())
     print(f"paper-size bucketing max abs error (0-255): {error:.2e}")
     assert np.abs(x_p - x_p.mean()).max() > 1.0 and error < 1e-3
+
+
+def _fake_proc(tmp_path, mem_available_kb: int, cgroup: dict[str, str]) -> tuple[str, str]:
+    tmp_path.mkdir(parents=True)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal: 99999999 kB\nMemAvailable: {mem_available_kb} kB\n")
+    root = tmp_path / "cgroup"
+    for name, text in cgroup.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return str(meminfo), str(root)
+
+
+def test_host_available_memory_reads_cgroup_limits_and_meminfo(tmp_path):
+    mib = 2 ** 20
+    # cgroup v2: 4 GiB limit, 3 GiB used of which 1 GiB reclaimable page cache -> 2 GiB left.
+    v2 = _fake_proc(tmp_path / "v2", 8 * 1024 * 1024, {
+        "memory.max": str(4096 * mib), "memory.current": str(3072 * mib),
+        "memory.stat": f"anon 1\ninactive_file {1024 * mib}\n"})
+    assert inference.host_available_bytes(*v2) == 2048 * mib
+    # No cgroup limit ("max"): MemAvailable.
+    unlimited = _fake_proc(tmp_path / "max", 1024 * 1024, {"memory.max": "max",
+                                                           "memory.current": "5"})
+    assert inference.host_available_bytes(*unlimited) == 1024 * mib
+    # cgroup v1, a limit above what the host has free: MemAvailable is the smaller.
+    v1 = _fake_proc(tmp_path / "v1", 512 * 1024, {
+        "memory/memory.limit_in_bytes": str(8192 * mib),
+        "memory/memory.usage_in_bytes": str(1024 * mib)})
+    assert inference.host_available_bytes(*v1) == 512 * mib
+    assert inference.host_available_bytes(str(tmp_path / "none"), str(tmp_path / "none")) is None
+
+
+def test_cpu_budget_comes_from_host_memory(monkeypatch):
+    monkeypatch.delenv(inference.MEMORY_BUDGET_ENV, raising=False)
+    monkeypatch.setattr(inference, "host_available_bytes", lambda: 8 * 2 ** 30)
+    budget, source = inference.memory_budget("")
+    assert budget == int(8 * 2 ** 30 * inference.HOST_MEMORY_SHARE) - inference.HOST_MEMORY_RESERVE
+    assert source.startswith("host memory available 8")
+    assert inference.memory_budget("1G") == (2 ** 30, "--memory_budget")
+
+
+def test_cpu_tiles_by_itself_when_host_memory_is_short(tmp_path, export_dir, capsys, monkeypatch):
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, shape in (("small", (20, 24, 3)), ("big", (90, 80, 3))):
+        Image.fromarray(rng.integers(0, 256, shape).astype(np.uint8)).save(folder / f"{name}.png")
+    monkeypatch.delenv(inference.MEMORY_BUDGET_ENV, raising=False)
+    common = [str(folder), f"--checkpoint={export_dir}", "--format=npy", "--dtype=float32"]
+    plain = tmp_path / "plain"
+    super_resolve.main([*common, f"--output={plain}"])  # this machine's memory: no tiling
+    assert "tiling" not in capsys.readouterr().err
+    model = inference.load_model(export_dir, dtype="float32")
+    budget = model.activation_bytes(40, 40)
+    assert model.activation_bytes(90, 80) > budget >= model.activation_bytes(24, 24)
+    # A host with little memory left (and no fixed reserve, which alone exceeds a tiny model's
+    # needs): the budget it yields is the 40 x 40 estimate.
+    monkeypatch.setattr(inference, "HOST_MEMORY_RESERVE", 0)
+    available = int(budget / inference.HOST_MEMORY_SHARE) + 4
+    monkeypatch.setattr(inference, "host_available_bytes", lambda: available)
+    for mode, tolerance in (("both", 1.0), ("perceptual", 1e-3)):
+        tiled = tmp_path / f"tiled_{mode}"
+        super_resolve.main([*common, f"--output={tiled}", "--tile_overlap=8",
+                            f"--tile_mode={mode}"])
+        err = capsys.readouterr().err
+        assert re.search(r"big\.png: estimated activation memory .* \(host memory available .*\): "
+                         r"tiling with --tile=\d+", err), err
+        assert "small.png" not in err
+        whole, cut = np.load(plain / "big_x4.npy"), np.load(tiled / "big_x4.npy")
+        assert cut.shape == whole.shape
+        assert np.abs(cut - whole).mean() < tolerance, mode  # today's tiling tolerances
+        np.testing.assert_array_equal(np.load(tiled / "small_x4.npy"),
+                                      np.load(plain / "small_x4.npy"))

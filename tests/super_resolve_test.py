@@ -141,3 +141,19 @@ def test_bad_inputs(tmp_path, export_dir, lr_image):
     with pytest.raises(SystemExit, match="alpha"):
         super_resolve.main([str(inputs), f"--checkpoint={export_dir}", f"--output={tmp_path / 'o'}",
                             "--alpha=1.5"])
+
+
+def test_exif_rotated_input_gives_an_upright_untagged_output(tmp_path, export_dir, lr_image):
+    # The camera stored the picture turned (Orientation 6: shown rotated 90 degrees clockwise).
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.ascontiguousarray(np.rot90(lr_image, k=1))).save(
+        tmp_path / "in" / "phone.png", exif=exif.tobytes())
+    Image.fromarray(lr_image).save(tmp_path / "in" / "upright.png")
+    out = tmp_path / "out"
+    super_resolve.main([str(tmp_path / "in"), f"--checkpoint={export_dir}", f"--output={out}"])
+    with Image.open(out / "phone_x4.png") as rotated, Image.open(out / "upright_x4.png") as plain:
+        assert 0x0112 not in rotated.getexif()
+        assert rotated.size == plain.size == (4 * LR_SHAPE[1], 4 * LR_SHAPE[0])
+        np.testing.assert_array_equal(np.asarray(rotated), np.asarray(plain))

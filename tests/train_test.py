@@ -291,3 +291,52 @@ def test_init_checkpoint_loads_generators_and_rejects_other_models(tmp_path):
     config.model.han_features = 16
     with pytest.raises(train.UserError, match="han_features"):
         train.maybe_load_init_checkpoint(config, fresh)
+
+
+def _copy_unfinished(uninterrupted: Path, workdir: Path) -> Path:
+    """The finished run's workdir as a run that died right after its last checkpoint."""
+    import shutil
+
+    shutil.copytree(uninterrupted, workdir)
+    for finished in ("export", "summary.json", "summary.md"):
+        target = workdir / finished
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    return workdir
+
+
+def _flip_data_bytes(step_dir: Path) -> None:
+    data_files = [p for p in (step_dir / "state").rglob("*")
+                  if p.is_file() and p.parent.name == "d"]
+    assert data_files, f"no data files under {step_dir}"
+    for path in data_files:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+
+def test_damaged_newest_checkpoint_resumes_from_the_older_one(uninterrupted, tmp_path):
+    workdir = _copy_unfinished(uninterrupted, tmp_path / "damaged")
+    total = sum(train.phase_lengths(x4.get_config("tiny")).values())
+    _flip_data_bytes(workdir / "checkpoints" / "latest" / str(total))
+    resumed = _run(workdir)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    reports = [line for line in resumed.stderr.splitlines() if "is damaged" in line]
+    assert len(reports) == 1 and f"step {total}" in reports[0], reports
+    assert f"at step {total - 4}" in resumed.stderr  # "Resuming from ... at step 4"
+    aside = list((workdir / "checkpoints" / "damaged").iterdir())
+    assert [p.name.split("-")[:2] for p in aside] == [["latest", str(total)]]
+    _assert_close_runs(workdir, uninterrupted, rtol=1e-6, atol=1e-6)
+
+
+def test_all_checkpoints_damaged_exits_2_in_one_line(uninterrupted, tmp_path):
+    workdir = _copy_unfinished(uninterrupted, tmp_path / "all_damaged")
+    steps = [p for p in (workdir / "checkpoints" / "latest").iterdir() if p.name.isdigit()]
+    for step_dir in steps:
+        _flip_data_bytes(step_dir)
+    result = _run(workdir)
+    assert result.returncode == 2, result.stderr[-4000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("main: error:")]
+    assert len(errors) == 1 and "no checkpoint verifies" in errors[0], result.stderr[-4000:]
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in (workdir / "checkpoints" / "latest").iterdir()
+                  if p.name.isdigit()) == sorted(p.name for p in steps)  # nothing moved
