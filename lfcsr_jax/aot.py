@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -64,6 +65,8 @@ def configure_environment(target: str, environ: Any = os.environ) -> str:
     """JAX on the host CPU, the package's runtime flags (what `main` would run with) plus the
     deviceless-only GPU flags. Returns XLA_FLAGS. Call before jax initialises a backend."""
     environ["JAX_PLATFORMS"] = "cpu"
+    # Only compiling: several processes may load libtpu at once (it locks it by default).
+    environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     flags = runtime.configure(environ)
     if not target.startswith("tpu:"):
         flags = runtime.compose_xla_flags(flags, AOT_GPU_FLAGS)
@@ -94,8 +97,10 @@ def resolve_target(name: str) -> Target:
         try:
             topology = topologies.get_topology_desc(platform="tpu", topology_name=topology_name)
         except Exception as error:  # noqa: BLE001 (libtpu missing, or an unknown slice)
-            raise AotError(f"--aot={name}: cannot describe that TPU slice here ({error}); "
-                           "install the extra: pip install 'jax[tpu]==<jax version>'") from error
+            hint = ("" if importlib.util.find_spec("libtpu") else
+                    "; install the extra: pip install 'jax[tpu]==<jax version>'")
+            raise AotError(f"--aot={name}: cannot describe that TPU slice here ({error}){hint}"
+                           ) from error
         generation = topology_name.split(":", 1)[0]
         if generation not in TPU_HBM_GIB:
             raise AotError(f"--aot={name}: unknown TPU generation {generation!r}; known: "
