@@ -165,7 +165,8 @@ def compile_program(jitted: Callable, args: tuple, target: Target, label: str,
                     keep_dump: str = "") -> dict[str, Any]:
     """Compiles `jitted(*args)` (ShapeDtypeStructs with shardings) for `target` and reports it."""
     dump_dir = tempfile.mkdtemp(prefix=f"aot_{label}_")
-    options = {"xla_dump_to": dump_dir} if target.platform == "gpu" else {}
+    # The GPU thunk sequence is read from the dump; a TPU compile dumps only when asked to.
+    options = {"xla_dump_to": dump_dir} if target.platform == "gpu" or keep_dump else {}
     start = time.perf_counter()
     lowered = jitted.lower(*args)
     compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
