@@ -29,7 +29,7 @@ from lfcsr_jax import paths
 from lfcsr_jax.cli_errors import UserError, reports_user_errors
 from lfcsr_jax.configuration import load_config_file
 from lfcsr_jax.models import generator
-from lfcsr_jax.state_dicts import load_state_dict
+from lfcsr_jax.weights.state_dicts import load_state_dict
 
 StateDict = Mapping[str, Any]
 Params = dict[str, Any]
@@ -302,7 +302,7 @@ def convert_pdasr(
     config: str | os.PathLike = DEFAULT_CONFIG,
 ) -> paths.Path:
     """Authors' checkpoint -> an lfcsr_jax export directory (checkpointing.save_export)."""
-    from lfcsr_jax import checkpointing
+    from lfcsr_jax.training import checkpointing
 
     input_path, output_dir = paths.location(input_path), paths.location(output_dir)
     _check_output(output_dir, input_path)
@@ -315,8 +315,8 @@ def convert_pdasr(
 
 
 def convert_vgg19(input_path: str | os.PathLike, output_path: str | os.PathLike) -> paths.Path:
-    """torchvision .pth or Keras .h5/.keras VGG19 -> our params file (via lfcsr_jax.vgg_weights)."""
-    from lfcsr_jax import vgg_weights  # Written separately; needed only by this command.
+    """torchvision .pth or Keras .h5/.keras VGG19 -> our params file (via lfcsr_jax.weights.vgg_weights)."""
+    from lfcsr_jax.weights import vgg_weights  # Written separately; needed only by this command.
 
     input_path, output_path = paths.location(input_path), paths.location(output_path)
     if output_path.suffix.lower() != ".npz":

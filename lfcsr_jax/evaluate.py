@@ -34,7 +34,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lfcsr_jax import inference, metrics, paths
+from lfcsr_jax import inference, paths
+from lfcsr_jax.evaluation import metrics
 from lfcsr_jax.paths import Path
 from lfcsr_jax.cli_errors import UserError, check_output_dir, reports_user_errors
 
@@ -72,7 +73,7 @@ class MetricSuite:
         self._niqe = None
         if "lpips" in names:
             try:
-                from lfcsr_jax import lpips  # pylint: disable=import-outside-toplevel
+                from lfcsr_jax.evaluation import lpips  # pylint: disable=import-outside-toplevel
 
                 self._lpips = lpips.load_scorer(lpips_dir)
             except metrics.MetricUnavailable as e:
@@ -118,7 +119,7 @@ def load_dataset(data_dir: paths.PathLike, name: str, scale: int) -> list[dict[s
     exists but is incomplete or damaged (a missing LR file, a size mismatch, a truncated image).
     'hr_gray' is True when the HR file is single-channel (scored on gray levels, metrics.py).
     """
-    from lfcsr_jax import benchmarks  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import benchmarks  # pylint: disable=import-outside-toplevel
 
     try:
         directory = benchmarks.find_benchmark(paths.location(data_dir), name)
@@ -143,7 +144,7 @@ def _single_channel_names(directory: Path) -> set[str]:
     """Names (file stem, stem without _HR, index.csv canonical name) of 1-channel HR files."""
     from PIL import Image  # pylint: disable=import-outside-toplevel
 
-    from lfcsr_jax import benchmarks, image_io  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import benchmarks, image_io  # pylint: disable=import-outside-toplevel
 
     canonical = benchmarks.benchmark_names(directory)
     names: set[str] = set()
@@ -160,7 +161,7 @@ def _single_channel_names(directory: Path) -> set[str]:
 
 def bicubic_predictor(scale: int) -> Predictor:
     """MATLAB bicubic upscaling of the uint8 LR (uint8 in -> uint8 out, as in the papers' tables)."""
-    from lfcsr_jax.imresize import imresize  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input.imresize import imresize  # pylint: disable=import-outside-toplevel
 
     def predict(lr_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         up = imresize(lr_u8, scale).astype(np.float32)
@@ -217,7 +218,7 @@ def evaluate_images(predict: Predictor, images: Sequence[dict[str, Any]], alphas
             for alpha in alphas:
                 outputs[alpha_label(alpha)] = alpha * y_objective + (1.0 - alpha) * y_perceptual
             if diagnostics_dir is not None:
-                from lfcsr_jax import diagnostics  # pylint: disable=import-outside-toplevel
+                from lfcsr_jax.evaluation import (diagnostics)  # pylint: disable=import-outside-toplevel
 
                 diagnostics.save_image_diagnostics(item["name"], y_objective, y_perceptual,
                                                    item["hr"], diagnostics_dir)
@@ -243,7 +244,7 @@ def alpha_label(alpha: float) -> str:
 
 
 def _save_png(path: Path, img_u8: np.ndarray) -> None:
-    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import image_io  # pylint: disable=import-outside-toplevel
 
     image_io.write_png(path, img_u8)
 
@@ -338,7 +339,7 @@ def _json_default(value: Any) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import image_io  # pylint: disable=import-outside-toplevel
 
     p = argparse.ArgumentParser(prog="python -m lfcsr_jax.evaluate",
                                 description=__doc__.split("\n")[0],
@@ -362,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, default=4)
     inference.add_flags(p)  # --dtype, --bucket, --xla_cache_dir
     p.add_argument("--max_images", type=int, default=0, help="first N images per set (0 = all)")
-    from lfcsr_jax import analyses  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.evaluation import analyses  # pylint: disable=import-outside-toplevel
 
     analyses.add_flags(p)  # --sr_dir, --interpolate, --lf_transform, --html, ...
     return p
@@ -416,7 +417,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if int(model_cfg.get("scale", args.scale)) != args.scale:
             raise UserError(f"the export is x{model_cfg['scale']}, --scale={args.scale}")
     info.update({"alphas": alphas, "metrics": suite.names, "scale": args.scale})
-    from lfcsr_jax import analyses  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.evaluation import analyses  # pylint: disable=import-outside-toplevel
 
     extras = analyses.Extras.from_args(args, is_bicubic)
     results, missing = {}, []

@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
     # TensorFlow only reads data; it must never grab GPU memory from JAX.
     tf.config.set_visible_devices([], "GPU")
 
-    from lfcsr_jax import train
+    from lfcsr_jax.training import train
 
     import jax
 

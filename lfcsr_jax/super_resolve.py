@@ -175,7 +175,7 @@ def super_resolve_array(model: LoadedModel, lr_hxwx3: np.ndarray, alpha: float =
 
 def collect_inputs(inputs: Sequence[str]) -> list[Path]:
     """Image files named directly or found (by suffix) in the given folders (local or gs://)."""
-    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import image_io  # pylint: disable=import-outside-toplevel
 
     files: list[Path] = []
     for item in inputs:
@@ -277,7 +277,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
 def write_output(path: str | os.PathLike, sr_hxwx3: np.ndarray, fmt: str) -> None:
     from PIL import Image  # pylint: disable=import-outside-toplevel
 
-    from lfcsr_jax import metrics  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.evaluation import metrics  # pylint: disable=import-outside-toplevel
 
     if fmt == "npy":
         data = np.asarray(sr_hxwx3, dtype=np.float32)
@@ -288,7 +288,7 @@ def write_output(path: str | os.PathLike, sr_hxwx3: np.ndarray, fmt: str) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import image_io  # pylint: disable=import-outside-toplevel
 
     p = argparse.ArgumentParser(prog="python -m lfcsr_jax.super_resolve",
                                 description="Super-resolve images with an LFc-SR export.",
@@ -324,7 +324,7 @@ BIG_INPUT_BYTES = 2 ** 30  # with no memory figure at all, estimates above this 
 
 
 def _read(source: Path) -> tuple[np.ndarray | None, str]:
-    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import image_io  # pylint: disable=import-outside-toplevel
 
     try:
         return image_io.read_image(source), ""

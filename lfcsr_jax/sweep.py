@@ -108,7 +108,7 @@ def train_setting(config, directory: paths.Path) -> None:
     if (directory / "export" / "config.json").is_file() and (directory / "summary.json").is_file():
         print(f"[sweep] {directory.name}: trained, skipping", flush=True)
         return
-    from lfcsr_jax import train  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.training import train  # pylint: disable=import-outside-toplevel
 
     print(f"[sweep] {directory.name}: training in {directory}", flush=True)
     train.validate_config(config)
@@ -140,7 +140,7 @@ def _numeric(values: Sequence[Any]) -> bool:
 def write_outputs(workdir: paths.Path, field: str,
                   settings: list[dict[str, Any]]) -> list[paths.Path]:
     """sweep_table.md, sweep.json and the figures; returns the written paths."""
-    from lfcsr_jax import diagnostics, pd_plane  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.evaluation import (diagnostics, pd_plane)  # pylint: disable=import-outside-toplevel
 
     metric_names = settings[0]["results"]["info"]["metrics"]
     datasets = list(settings[0]["results"]["results"])

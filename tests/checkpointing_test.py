@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from lfcsr_jax import checkpointing
+from lfcsr_jax.training import checkpointing
 
 
 def _params(seed: int = 0) -> dict:

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfcsr_jax import checkpointing, cli_errors, super_resolve
+from lfcsr_jax import cli_errors, super_resolve
+from lfcsr_jax.training import checkpointing
 from tests.super_resolve_test import make_tiny_export
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,9 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from configs import x4  # noqa: E402
-from lfcsr_jax import checkpointing, convert, state_dicts  # noqa: E402
+from lfcsr_jax import convert
+from lfcsr_jax.training import checkpointing
+from lfcsr_jax.weights import state_dicts  # noqa: E402
 from lfcsr_jax.models import build_lfcsr  # noqa: E402
 
 # ----------------------------------------------------------------------------- the torch statement
@@ -358,7 +360,7 @@ def test_cli_pdasr_round_trip_through_an_export(tmp_path):
 
 
 def test_cli_vgg19_torchvision_round_trip(tmp_path):
-    from lfcsr_jax import vgg_weights
+    from lfcsr_jax.weights import vgg_weights
 
     rng = np.random.default_rng(0)
     state_dict = {}

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfcsr_jax import evaluate, metrics, super_resolve
+from lfcsr_jax import evaluate, super_resolve
+from lfcsr_jax.evaluation import metrics
 from tests.super_resolve_test import make_tiny_export
 
 # (PSNR, SSIM) of bicubic x4 printed by every SR paper (docs/design.md section 8).

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfcsr_jax import cli_errors, evaluate, lpips, metrics, paths, sources
+from lfcsr_jax import cli_errors, evaluate, paths
+from lfcsr_jax.evaluation import lpips, metrics, sources
 from tests.super_resolve_test import make_tiny_export
 
 HR_CROP = 64  # HR pixels kept per side (LR: HR_CROP / 4)

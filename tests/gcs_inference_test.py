@@ -15,8 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfcsr_jax import checkpointing, convert, image_io, inference, paths, state_dicts, super_resolve
-from lfcsr_jax import vgg_weights
+from lfcsr_jax import convert, inference, paths, super_resolve
+from lfcsr_jax.input import image_io
+from lfcsr_jax.training import checkpointing
+from lfcsr_jax.weights import state_dicts
+from lfcsr_jax.weights import vgg_weights
 # Compile time dominates these tiny forwards on a busy CPU: the same autouse fixture.
 from tests.inference_test import _fast_compiles  # noqa: F401
 from tests.super_resolve_test import make_tiny_export

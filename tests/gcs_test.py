@@ -13,7 +13,8 @@ import json
 import numpy as np
 import pytest
 
-from lfcsr_jax import checkpointing, paths
+from lfcsr_jax import paths
+from lfcsr_jax.training import checkpointing
 
 
 def test_location_keeps_uris_and_makes_local_paths_absolute(tmp_path, monkeypatch):

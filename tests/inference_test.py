@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfcsr_jax import image_io, inference, super_resolve
+from lfcsr_jax import inference, super_resolve
+from lfcsr_jax.input import image_io
 from tests.super_resolve_test import TINY_MODEL, make_tiny_export
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from lfcsr_jax import op_counts
+from lfcsr_jax.perf import op_counts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfcsr_jax import checkpointing, super_resolve
+from lfcsr_jax import super_resolve
+from lfcsr_jax.training import checkpointing
 from lfcsr_jax.models import generator
 
 TINY_MODEL = {

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from lfcsr_jax import trace_summary
+from lfcsr_jax.perf import trace_summary
 
 HLO = """
 HloModule jit_admm_step

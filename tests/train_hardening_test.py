@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from configs import x4
-from lfcsr_jax import loop, train, train_logging
+from lfcsr_jax.training import loop, train, train_logging
 from tests.cli_hardening_test import assert_one_line_error
 from tests.train_test import REPO_ROOT, _command, _env, _run
 

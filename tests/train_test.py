@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from configs import x4
-from lfcsr_jax import checkpointing, loop, train, train_logging
+from lfcsr_jax.training import checkpointing, loop, train, train_logging
 from tests.conftest import TRAINING_XLA_CACHE_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -270,7 +270,7 @@ def test_init_checkpoint_loads_generators_and_rejects_other_models(tmp_path):
 
     import jax
 
-    from lfcsr_jax import train_state
+    from lfcsr_jax.training import train_state
 
     config = x4.get_config("tiny")
     networks = train_state.make_networks(config)

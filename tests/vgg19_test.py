@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lfcsr_jax import state_dicts, vgg_weights
+from lfcsr_jax.weights import state_dicts, vgg_weights
 from lfcsr_jax.models.vgg19 import VGG19Features, vgg_input
 
 _TORCHVISION_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
@@ -353,7 +353,7 @@ def _contextual_inputs_of_one_admm_step(config, monkeypatch):
     import dataclasses  # pylint: disable=import-outside-toplevel
     import functools  # pylint: disable=import-outside-toplevel
 
-    from lfcsr_jax import admm, losses, train, train_state  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.training import (admm, losses, train, train_state)  # pylint: disable=import-outside-toplevel
 
     train.validate_config(config)
     networks = dataclasses.replace(train_state.make_networks(config), objective=_NearestUpsample(),
@@ -409,7 +409,7 @@ def test_admm_step_feeds_vgg_the_input_convention_of_its_weights_file(tmp_path, 
 
 def test_validate_config_refuses_reference_scaling_with_caffe_weights(tmp_path):
     from configs import x4  # pylint: disable=import-outside-toplevel
-    from lfcsr_jax import train  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.training import train  # pylint: disable=import-outside-toplevel
 
     for convention in ("torchvision", "caffe"):
         vgg_weights.save_vgg19_params(tmp_path / f"{convention}.npz", _random_params(), convention)

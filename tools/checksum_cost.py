@@ -20,7 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lfcsr_jax import checkpointing, configuration, train_state  # noqa: E402
+from lfcsr_jax import configuration
+from lfcsr_jax.training import checkpointing, train_state  # noqa: E402
 
 
 def main() -> None:

@@ -32,7 +32,8 @@ def _export(config_spec: str, directory: Path) -> None:
     import jax
     import numpy as np
 
-    from lfcsr_jax import checkpointing, configuration
+    from lfcsr_jax import configuration
+    from lfcsr_jax.training import checkpointing
     from lfcsr_jax.models import generator
 
     model_cfg = configuration.load_config_file(config_spec).model.to_dict()

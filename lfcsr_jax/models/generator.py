@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lfcsr_jax import wavelets
+from lfcsr_jax.models import wavelets
 from lfcsr_jax.models.layers import (
     ChannelSpatialAttention,
     LayerAttention,

@@ -196,7 +196,7 @@ def load_model(checkpoint: str | os.PathLike, dtype: str = "",
     """
     import jax  # pylint: disable=import-outside-toplevel
 
-    from lfcsr_jax import checkpointing  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.training import checkpointing  # pylint: disable=import-outside-toplevel
     from lfcsr_jax.models import generator  # pylint: disable=import-outside-toplevel
 
     if not os.fspath(checkpoint):

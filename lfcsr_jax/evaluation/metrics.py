@@ -177,7 +177,7 @@ def ssim_y(sr_u8: np.ndarray, hr_u8: np.ndarray, crop: int = 4, gray: bool = Fal
 
 
 # The LIVE pristine model shipped with the package (provenance: lfcsr_jax/data/README.md).
-DEFAULT_NIQE_PARAMS = Path(__file__).resolve().parent / "data" / "niqe_pris_params.npz"
+DEFAULT_NIQE_PARAMS = Path(__file__).resolve().parents[1] / "data" / "niqe_pris_params.npz"
 
 
 def load_niqe_params(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -255,7 +255,7 @@ def _local_normalise(img_HxW: np.ndarray) -> np.ndarray:
 
 
 def _half_resize(img_HxW: np.ndarray) -> np.ndarray:
-    from lfcsr_jax.imresize import imresize  # MATLAB-exact bicubic, float path (no rounding).
+    from lfcsr_jax.input.imresize import imresize  # MATLAB-exact bicubic, float path (no rounding).
 
     return np.asarray(imresize(img_HxW.astype(np.float64), 0.5), dtype=np.float64)
 

@@ -13,7 +13,7 @@ no tf.data iterator state is ever saved.
 All images of one resolution are packed row-wise into one (rows, width, 3) buffer (portrait
 images stored transposed): a crop is one `tf.slice` of that buffer, then the flips and the
 transpose are reversals and a transpose of the small patch. The same (top, left) and flips, scaled,
-cut the HR patch, so LR and HR stay aligned. Benchmark folders are read by `lfcsr_jax.benchmarks`
+cut the HR patch, so LR and HR stay aligned. Benchmark folders are read by `lfcsr_jax.input.benchmarks`
 with the pair builders here (`pairs_from_hr_files`, `pairs_from_folders`).
 """
 
@@ -32,9 +32,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from lfcsr_jax import image_io, paths
+from lfcsr_jax import paths
+from lfcsr_jax.input import image_io
 from lfcsr_jax.configuration import INPUT_SOURCES
-from lfcsr_jax.imresize import imresize, modcrop
+from lfcsr_jax.input.imresize import imresize, modcrop
 
 # scikit-image's bundled photos (no network). Validation photos are distinct scenes from training
 # (motorcycle_left/right are one scene, so both train), and natural photos: a synthetic gradient
@@ -426,7 +427,7 @@ def create_train_iterator(input_cfg: Any, scale: int, global_batch_size: int, se
 
 
 # ---------------------------------------------------------------------------------------------
-# Whole images for validation (the benchmark sets: lfcsr_jax.benchmarks).
+# Whole images for validation (the benchmark sets: lfcsr_jax.input.benchmarks).
 
 
 def load_validation_set(input_cfg: Any, scale: int) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from lfcsr_jax.models.discriminator import DISCRIMINATOR_BLOCKS, HIDDEN_UNITS, flattened_features
-from lfcsr_jax.state_dicts import check_keys, oihw_to_hwio
+from lfcsr_jax.weights.state_dicts import check_keys, oihw_to_hwio
 
 Params = dict[str, dict[str, np.ndarray]]
 

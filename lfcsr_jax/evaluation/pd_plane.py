@@ -96,7 +96,7 @@ def lf_mae(y_objective: np.ndarray, y_perceptual: np.ndarray, lowpass: str = "ha
     """mean |T(Y) - T(Y')| of one image (HxWx3 floats on the 0-255 scale)."""
     import ml_collections  # pylint: disable=import-outside-toplevel
 
-    from lfcsr_jax import constraint  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.models import constraint  # pylint: disable=import-outside-toplevel
 
     config = ml_collections.ConfigDict({"admm": {"lowpass": lowpass, "constrained_band": band}})
     both = np.stack([np.asarray(y_perceptual, np.float32), np.asarray(y_objective, np.float32)])
@@ -121,7 +121,7 @@ def plot(rows: Mapping[str, Mapping[str, float]], path: paths.PathLike, x_metric
          interpolations: Sequence[Interpolation] = (), sources: Sequence[str] = (),
          references: Sequence[Mapping[str, Any]] = ()) -> Path:
     """Writes the PD plane of one dataset's rows (evaluate's labels) to `path` (PNG)."""
-    from lfcsr_jax import diagnostics  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.evaluation import diagnostics  # pylint: disable=import-outside-toplevel
 
     plt = diagnostics.pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)

@@ -16,8 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from lfcsr_jax.steps import Step
-from lfcsr_jax.train_state import TrainState
+from lfcsr_jax.training.steps import Step
+from lfcsr_jax.training.train_state import TrainState
 
 Metrics = dict[str, jax.Array]
 Pending = tuple[int, str, Metrics]  # (step, phase, metrics not yet fetched from the device)

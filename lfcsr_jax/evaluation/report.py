@@ -56,7 +56,7 @@ def choose_crop(shown: Mapping[str, np.ndarray], size: int = 96) -> tuple[int, i
 def save_image_set(report_dir: Path, dataset: str, name: str, shown: Mapping[str, np.ndarray],
                    hr: np.ndarray, crop: tuple[int, int, int] | None) -> dict[str, Any]:
     """Writes full-size and crop PNGs of every shown output and HR; returns the page entry."""
-    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import image_io  # pylint: disable=import-outside-toplevel
 
     h, w = hr.shape[:2]
     if crop is None:

@@ -13,8 +13,8 @@ from typing import Any, Callable
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lfcsr_jax import admm, pretrain
-from lfcsr_jax.train_state import Networks, TrainState
+from lfcsr_jax.training import admm, pretrain
+from lfcsr_jax.training.train_state import Networks, TrainState
 
 Step = Callable[[TrainState, dict[str, jax.Array], Any], tuple[TrainState, dict[str, jax.Array]]]
 

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lfcsr_jax import metrics, paths, pd_plane, sources
+from lfcsr_jax import paths
+from lfcsr_jax.evaluation import metrics, pd_plane, sources
 from lfcsr_jax.paths import Path
 
 
@@ -93,7 +94,7 @@ class Extras:
         if stages is not None and self.lf_transform is not None:
             record["lf_mae"] = pd_plane.lf_mae(stages[0], stages[1], *self.lf_transform)
         if self.report_dir is not None:
-            from lfcsr_jax import report  # pylint: disable=import-outside-toplevel
+            from lfcsr_jax.evaluation import report  # pylint: disable=import-outside-toplevel
 
             shown = {"bicubic": outputs["bicubic"]}
             if stages is not None:
@@ -145,7 +146,7 @@ class Extras:
                     self.interpolations, names, [p for p in references if p["dataset"] == dataset])
                 written.append(planes[dataset])
         if self.report_dir is not None:
-            from lfcsr_jax import report  # pylint: disable=import-outside-toplevel
+            from lfcsr_jax.evaluation import report  # pylint: disable=import-outside-toplevel
 
             written.append(report.write_report(output_dir, results, suite.names, planes,
                                                self.report_images, info, suite.unavailable))

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lfcsr_jax import wavelets
+from lfcsr_jax.models import wavelets
 
 # Additive guards of the authors' contextual loss (Mechrez et al. as in PDASR's functional.py).
 _CX_RELATIVE_EPS = 1e-5

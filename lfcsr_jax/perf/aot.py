@@ -25,7 +25,8 @@ import time
 from importlib import resources
 from typing import Any, Callable
 
-from lfcsr_jax import compiled_counts, runtime
+from lfcsr_jax import runtime
+from lfcsr_jax.perf import compiled_counts
 
 GPU_DESCRIPTIONS = {"h200": "h200.txtpb"}
 # Deviceless only: autotuning needs the card, and one Haar einsum fails Triton GEMM tiling
@@ -197,7 +198,7 @@ def training_programs(config: Any, target: Target, phases: tuple[str, ...] = PHA
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from lfcsr_jax import steps, train_state
+    from lfcsr_jax.training import steps, train_state
 
     batch = config.train.global_batch_size
     if batch % len(target.devices):

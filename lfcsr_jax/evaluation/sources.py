@@ -70,7 +70,7 @@ def hr_keys(benchmark_dir: paths.PathLike | None, item_names: Sequence[str], sca
     """item name -> every key it may be matched by (its name and its HR file's stem key)."""
     keys = {name: {stem_key(name, scale), name.lower()} for name in item_names}
     if benchmark_dir is not None:
-        from lfcsr_jax import benchmarks  # pylint: disable=import-outside-toplevel
+        from lfcsr_jax.input import benchmarks  # pylint: disable=import-outside-toplevel
 
         for hr_file, canonical in benchmarks.benchmark_names(benchmark_dir).items():
             if canonical in keys:
@@ -80,7 +80,7 @@ def hr_keys(benchmark_dir: paths.PathLike | None, item_names: Sequence[str], sca
 
 def dataset_folder(root: Path, dataset: str) -> Path:
     """root/<dataset> when root has benchmark subfolders, else root itself (a flat folder)."""
-    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import image_io  # pylint: disable=import-outside-toplevel
 
     aliases = {dataset.lower()} | ({"b100", "bsd100"} if dataset.lower() in ("b100", "bsd100") else set())
     subdirs = [p for p in sorted(root.iterdir()) if p.is_dir()]
@@ -96,7 +96,7 @@ def dataset_folder(root: Path, dataset: str) -> Path:
 
 def match_files(folder: Path, keys: dict[str, set[str]], scale: int = 4) -> dict[str, Path]:
     """item name -> its SR file in `folder`; SourceError naming what is missing or ambiguous."""
-    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import image_io  # pylint: disable=import-outside-toplevel
 
     try:
         files = image_io.list_images(folder)
@@ -129,7 +129,7 @@ def match_files(folder: Path, keys: dict[str, set[str]], scale: int = 4) -> dict
 
 def read_matching(path: Path, hr_u8: np.ndarray) -> np.ndarray:
     """The SR image at `path` as float32 RGB, checked against the HR size (SourceError if not)."""
-    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import image_io  # pylint: disable=import-outside-toplevel
 
     try:
         sr = image_io.read_image(path)
@@ -156,7 +156,7 @@ class SourceSet:
 
     def prepare(self, dataset: str, items: Sequence[dict[str, Any]]) -> None:
         """Matches every source's files for this dataset (fails before any scoring)."""
-        from lfcsr_jax import benchmarks  # pylint: disable=import-outside-toplevel
+        from lfcsr_jax.input import benchmarks  # pylint: disable=import-outside-toplevel
 
         try:
             bench = benchmarks.find_benchmark(self.data_dir, dataset)

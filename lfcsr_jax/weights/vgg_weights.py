@@ -12,7 +12,7 @@ as the file's weights require.
 
 Nothing here downloads: every loader takes a path, local or gs:// (read through
 `lfcsr_jax.paths`; a gs:// Keras file is read into memory, as h5py opens only local files by
-name). PyTorch-format files are read by `lfcsr_jax.state_dicts`; h5py is imported only to read
+name). PyTorch-format files are read by `lfcsr_jax.weights.state_dicts`; h5py is imported only to read
 Keras files.
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 from lfcsr_jax import paths
 from lfcsr_jax.models.vgg19 import (INPUT_CONVENTIONS, VGG19_BLOCKS, VGG19_CONV_NAMES,
                                     VGG19Weights)
-from lfcsr_jax.state_dicts import check_keys, load_state_dict, oihw_to_hwio
+from lfcsr_jax.weights.state_dicts import check_keys, load_state_dict, oihw_to_hwio
 
 Params = dict[str, dict[str, np.ndarray]]
 PathLike = str | os.PathLike

@@ -14,7 +14,8 @@ from typing import Mapping
 
 import numpy as np
 
-from lfcsr_jax import metrics, paths
+from lfcsr_jax import paths
+from lfcsr_jax.evaluation import metrics
 from lfcsr_jax.paths import Path
 
 

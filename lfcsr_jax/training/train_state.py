@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from lfcsr_jax import configuration, losses
-from lfcsr_jax.constraint import constraint_transform
+from lfcsr_jax import configuration
+from lfcsr_jax.training import losses
+from lfcsr_jax.models.constraint import constraint_transform
 
 Params = Any
 Metrics = dict[str, jax.Array]

@@ -17,7 +17,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lfcsr_jax import metrics, paths, train_state
+from lfcsr_jax import paths
+from lfcsr_jax.evaluation import metrics
+from lfcsr_jax.training import train_state
 
 
 def best_metric_modes(config: ml_collections.ConfigDict) -> dict[str, str]:
@@ -37,7 +39,7 @@ class Validator:
     """Runs both stages on the validation images and scores them as the paper does."""
 
     def __init__(self, config: ml_collections.ConfigDict, networks: Any):
-        from lfcsr_jax import imresize, input_pipeline
+        from lfcsr_jax.input import imresize, input_pipeline
 
         self.scale = config.model.scale
         self.images = input_pipeline.load_validation_set(config.input, config.model.scale)
@@ -142,7 +144,7 @@ class Validator:
         """report/report.html of the last validated outputs (report.py); None if none."""
         if self._last_outputs is None:
             return None
-        from lfcsr_jax import report  # pylint: disable=import-outside-toplevel
+        from lfcsr_jax.evaluation import report  # pylint: disable=import-outside-toplevel
 
         out_dir = workdir / "report"
         upscaled = [_bicubic_upscale(image["lr"], self.scale) for image in self.images]
@@ -193,7 +195,7 @@ def _verdict(scores: dict[str, float]) -> list[str]:
 
 def _run_description(config: ml_collections.ConfigDict) -> list[str]:
     """What was trained on what, for the summary: the data, the steps and the model size."""
-    from lfcsr_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import input_pipeline  # pylint: disable=import-outside-toplevel
 
     inp, sched = config.input, config.schedule
     steps = {"pretrain": sched.pretrain_epochs * sched.steps_per_epoch,
@@ -226,7 +228,7 @@ def _run_description(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def _bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
-    from lfcsr_jax import imresize  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import imresize  # pylint: disable=import-outside-toplevel
 
     return imresize.imresize(lr, scale)
 
@@ -235,6 +237,6 @@ def _load_lpips(lpips_dir: str):
     """An LPIPS scorer (uint8 a, uint8 b) -> float, or None when no weights are configured."""
     if not lpips_dir:
         return None
-    from lfcsr_jax import lpips
+    from lfcsr_jax.evaluation import lpips
 
     return lpips.load_scorer(lpips_dir)

@@ -26,9 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lfcsr_jax import paths, state_dicts
+from lfcsr_jax import paths
+from lfcsr_jax.weights import state_dicts
 from lfcsr_jax.paths import Path
-from lfcsr_jax.metrics import MetricUnavailable
+from lfcsr_jax.evaluation.metrics import MetricUnavailable
 
 # torchvision alexnet().features: (index, out channels, kernel, stride, padding); ReLU after each,
 # max-pool 3/2 after the first two. LPIPS taps the ReLU after every conv.
@@ -113,7 +114,7 @@ def find_lpips_files(lpips_dir: paths.PathLike) -> tuple[Path, Path]:
         missing.append("the v0.1 heads (v0.1/alex.npz or alex.pth from the lpips package)")
     if not backbones:
         missing.append("the AlexNet ImageNet weights (torchvision alexnet-owt-7be5be79.pth, or an "
-                       "alexnet*.npz made by lfcsr_jax.lpips.convert_alexnet_file)")
+                       "alexnet*.npz made by lfcsr_jax.evaluation.lpips.convert_alexnet_file)")
     if missing:
         raise MetricUnavailable(f"LPIPS: {root} lacks " + " and ".join(missing))
     return backbones[0], heads

@@ -2,7 +2,7 @@
 
 A benchmark root holds one folder per set, directly or under benchmarks/, benchmark/, testsets/
 or datasets/. Inside a set, the known layouts are read as [{'name', 'lr', 'hr'}] whole images
-(see `load_benchmark`), with the LR/HR pairing rules of `lfcsr_jax.input_pipeline`. A root may
+(see `load_benchmark`), with the LR/HR pairing rules of `lfcsr_jax.input.input_pipeline`. A root may
 be local or a gs:// URI (lfcsr_jax/paths.py).
 """
 
@@ -13,9 +13,10 @@ import io
 import re
 from typing import Any, Sequence
 
-from lfcsr_jax import image_io, paths
+from lfcsr_jax import paths
+from lfcsr_jax.input import image_io
 from lfcsr_jax.paths import Path
-from lfcsr_jax.input_pipeline import (checked_pair, pair_key, pairs_from_folders,
+from lfcsr_jax.input.input_pipeline import (checked_pair, pair_key, pairs_from_folders,
                                       pairs_from_hr_files)
 
 # Benchmark folder names under a data root; B100 is BSD100's other name.

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lfcsr_jax import wavelets
+from lfcsr_jax.models import wavelets
 
 
 def constraint_transform(x_BxHxWx3: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:

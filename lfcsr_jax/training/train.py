@@ -23,8 +23,9 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lfcsr_jax import (checkpointing, configuration, loop, paths, schedules, steps,
-                       train_logging, train_state, validation)
+from lfcsr_jax import configuration, paths
+from lfcsr_jax.training import (checkpointing, loop, schedules, steps, train_logging, train_state,
+                                validation)
 # A configuration or input problem, reported as one clear line before any compute (main.py).
 from lfcsr_jax.cli_errors import UserError
 
@@ -64,7 +65,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             problems.append(f"{field}={path!r}: no such file or directory")
     problems += _check_weight_paths(config)
     if train.lpips_dir and paths.location(train.lpips_dir).is_dir():
-        from lfcsr_jax import lpips
+        from lfcsr_jax.evaluation import lpips
 
         try:
             lpips.find_lpips_files(train.lpips_dir)
@@ -115,7 +116,7 @@ def _check_training_images(inp: ml_collections.ConfigDict) -> list[str]:
 def _unreadable_images(folder: str) -> tuple[str, ...]:
     from PIL import Image
 
-    from lfcsr_jax import image_io
+    from lfcsr_jax.input import image_io
 
     problems = []
     for folder in [folder]:
@@ -136,7 +137,7 @@ def _unreadable_images(folder: str) -> tuple[str, ...]:
 
 def _check_vgg_input(loss: ml_collections.ConfigDict) -> list[str]:
     """The scaling must exist and suit the input convention the weights file stores."""
-    from lfcsr_jax import vgg_weights
+    from lfcsr_jax.weights import vgg_weights
 
     if loss.vgg_input_scaling not in configuration.VGG_INPUT_SCALINGS:
         return [f"loss.vgg_input_scaling={loss.vgg_input_scaling!r}: expected one of "
@@ -346,7 +347,7 @@ def preemption_service_running() -> bool:
 
 def train_stream(config: ml_collections.ConfigDict, start_step: int) -> Iterator[dict]:
     """This process's slots of every global batch, from `start_step` on (restorable by step)."""
-    from lfcsr_jax import input_pipeline
+    from lfcsr_jax.input import input_pipeline
 
     return input_pipeline.create_train_iterator(
         config.input, scale=config.model.scale,
@@ -359,7 +360,7 @@ def load_vgg_params(config: ml_collections.ConfigDict, networks: Any) -> Any:
     """Frozen VGG19Weights (params + the input convention they expect): converted ImageNet
     weights when configured, else random (demo)."""
     if config.loss.vgg_weights:
-        from lfcsr_jax import vgg_weights
+        from lfcsr_jax.weights import vgg_weights
 
         return vgg_weights.load_vgg19_weights(config.loss.vgg_weights)
     logging.warning("loss.vgg_weights is empty: the contextual loss uses a RANDOM VGG19 "
