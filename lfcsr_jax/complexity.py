@@ -36,7 +36,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from lfcsr_jax import paths
-from lfcsr_jax.cli_errors import UserError, reports_user_errors
+from lfcsr_jax.errors import UserError, reports_user_errors
 from lfcsr_jax.configuration import load_config_file
 
 REFERENCE_MAC_PER_LR_PIXEL = {"objective": 16.41e6, "perceptual": 10.37e6}

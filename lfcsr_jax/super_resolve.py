@@ -63,7 +63,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from lfcsr_jax import inference, paths
-from lfcsr_jax.cli_errors import check_output_dir, reports_user_errors, same_location
+from lfcsr_jax.errors import reports_user_errors
+from lfcsr_jax.paths import check_output_dir, same_location
 
 Path = paths.Path  # every input and output location, local or gs://
 

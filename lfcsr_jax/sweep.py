@@ -282,6 +282,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from lfcsr_jax.cli_errors import reports_user_errors
+    from lfcsr_jax.errors import reports_user_errors
 
     reports_user_errors("sweep")(main)()

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfcsr_jax import cli_errors, super_resolve
+from lfcsr_jax import errors, paths, super_resolve
 from lfcsr_jax.training import checkpointing
 from tests.super_resolve_test import make_tiny_export
 
@@ -72,9 +72,9 @@ def inputs(tmp_path) -> Path:
 
 
 def test_reports_user_errors_prints_one_line_and_exits_2(capsys):
-    @cli_errors.reports_user_errors("demo")
+    @errors.reports_user_errors("demo")
     def main():
-        raise cli_errors.UserError("bad value\n  on two lines")
+        raise errors.UserError("bad value\n  on two lines")
 
     with pytest.raises(SystemExit) as caught:
         main()
@@ -82,7 +82,7 @@ def test_reports_user_errors_prints_one_line_and_exits_2(capsys):
     assert capsys.readouterr().err == "demo: error: bad value on two lines\n"
     # Errors that are bugs keep their traceback.
     with pytest.raises(KeyError):
-        cli_errors.reports_user_errors("demo")(lambda: {}["x"])()
+        errors.reports_user_errors("demo")(lambda: {}["x"])()
 
 
 # ----------------------------------------------------------------------------- item 1: writes
@@ -196,8 +196,8 @@ def test_output_folder_is_tested_by_writing(tmp_path, inputs, monkeypatch):
     # /sys passes os.access(W_OK) for root, but no file can be created there.
     if not os.path.isdir("/sys") or not _refuses_writes("/sys"):
         pytest.skip("needs a folder that refuses writes (/sys on Linux)")
-    with pytest.raises(cli_errors.UserError, match=r"--output=/sys/lfcsr-out: /sys is not writable"):
-        cli_errors.check_output_dir("/sys/lfcsr-out", "--output")
+    with pytest.raises(errors.UserError, match=r"--output=/sys/lfcsr-out: /sys is not writable"):
+        paths.check_output_dir("/sys/lfcsr-out", "--output")
     loaded = []
     monkeypatch.setattr(super_resolve, "load_model", lambda *a: loaded.append(a))
     with pytest.raises(SystemExit, match="/sys is not writable"):
@@ -205,7 +205,7 @@ def test_output_folder_is_tested_by_writing(tmp_path, inputs, monkeypatch):
     assert not loaded
     # A writable folder passes, and the probe file is gone afterwards.
     (tmp_path / "ok").mkdir()
-    cli_errors.check_output_dir(tmp_path / "ok" / "new", "--output")
+    paths.check_output_dir(tmp_path / "ok" / "new", "--output")
     assert list((tmp_path / "ok").iterdir()) == []
 
 

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from lfcsr_jax import paths
-from lfcsr_jax.cli_errors import UserError
+from lfcsr_jax.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16")  # generator.compute_dtype accepts these three
 DTYPE_CHOICES = ("", "auto") + DTYPES

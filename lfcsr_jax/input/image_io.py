@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lfcsr_jax import paths
-from lfcsr_jax.cli_errors import UserError
+from lfcsr_jax.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -36,7 +36,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from lfcsr_jax import paths
-from lfcsr_jax.cli_errors import UserError, one_line
+from lfcsr_jax.errors import UserError, one_line
 from lfcsr_jax.paths import Path
 
 EXPORT_FORMAT = "lfcsr_jax.export/1"

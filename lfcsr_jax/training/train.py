@@ -27,7 +27,7 @@ from lfcsr_jax import configuration, paths
 from lfcsr_jax.training import (checkpointing, loop, schedules, steps, train_logging, train_state,
                                 validation)
 # A configuration or input problem, reported as one clear line before any compute (main.py).
-from lfcsr_jax.cli_errors import UserError
+from lfcsr_jax.errors import UserError
 
 
 # ----------------------------------------------------------------------------- configuration
