@@ -420,7 +420,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     info.update({"alphas": alphas, "metrics": suite.names, "scale": args.scale})
     from lfcsr_jax.evaluation import analyses  # pylint: disable=import-outside-toplevel
 
-    extras = analyses.Extras.from_args(args, is_bicubic)
+    extras = analyses.Extras.from_args(args, is_bicubic, alphas)
     results, missing = {}, []
     output_dir = paths.location(args.output_dir) if args.output_dir else None
     save_root = output_dir / "images" if args.save_images and output_dir else None

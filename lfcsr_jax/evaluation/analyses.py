@@ -54,10 +54,9 @@ class Extras:
         self._dataset = ""
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, is_bicubic: bool) -> "Extras":
-        from lfcsr_jax import evaluate  # pylint: disable=import-outside-toplevel
-
-        alphas = evaluate.parse_alphas(args.alphas)
+    def from_args(cls, args: argparse.Namespace, is_bicubic: bool,
+                  alphas: Sequence[float]) -> "Extras":
+        """`alphas`: evaluate's parsed --alphas (passed in: this module sits below the program)."""
         folders = sources.parse_sr_dirs(getattr(args, "sr_dir", []))
         source_set = sources.SourceSet(folders, args.data_dir, args.scale) if folders else None
         interps = [pd_plane.Interpolation(spec, alphas, list(folders), not is_bicubic)
