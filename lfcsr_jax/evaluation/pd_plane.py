@@ -6,7 +6,7 @@
   `bicubic`, or a `--sr_dir` NAME. The blend is made from the float outputs, then quantised and
   scored like every other row.
 - `lf_mae`: mean |T(Y) - T(Y')| of one image, T the constraint transform the export was trained
-  with (constraint.constraint_transform: one-level Haar LL or a 21x21 Gaussian blur, or their high-band
+  with (constraint.band_transform: one-level Haar LL or a 21x21 Gaussian blur, or their high-band
   complements for the P-O order), on the raw float outputs (0-255 scale), i.e. the quantity the
   PD-ADMM dual drives to zero (paper Figs. 6, 8).
 - `plot`: PSNR (up = better) against a perceptual metric (LPIPS, else NIQE; left = better), with
@@ -94,13 +94,10 @@ def parse_lf_transform(spec: str, checkpoint: paths.PathLike) -> tuple[str, str]
 def lf_mae(y_objective: np.ndarray, y_perceptual: np.ndarray, lowpass: str = "haar",
            band: str = "low") -> float:
     """mean |T(Y) - T(Y')| of one image (HxWx3 floats on the 0-255 scale)."""
-    import ml_collections  # pylint: disable=import-outside-toplevel
-
     from lfcsr_jax.models import constraint  # pylint: disable=import-outside-toplevel
 
-    config = ml_collections.ConfigDict({"admm": {"lowpass": lowpass, "constrained_band": band}})
     both = np.stack([np.asarray(y_perceptual, np.float32), np.asarray(y_objective, np.float32)])
-    t = np.asarray(constraint.constraint_transform(both, config), np.float64)
+    t = np.asarray(constraint.band_transform(both, band, lowpass), np.float64)
     return float(np.mean(np.abs(t[0] - t[1])))
 
 

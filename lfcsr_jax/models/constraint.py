@@ -9,14 +9,17 @@ import ml_collections
 from lfcsr_jax.models import wavelets
 
 
+def band_transform(x_BxHxWx3: jax.Array, band: str, lowpass: str) -> jax.Array:
+    """T in float32: the `lowpass` ('haar' or 'gaussian') low band of x, or its high bands when
+    `band` is 'high'."""
+    x = jnp.asarray(x_BxHxWx3, jnp.float32)
+    if band == "low":
+        return wavelets.lowpass(x, lowpass)
+    if band == "high":
+        return wavelets.highpass(x, lowpass)
+    raise ValueError(f"config.admm.constrained_band: unknown value {band!r}")
+
+
 def constraint_transform(x_BxHxWx3: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
     """T of the equality constraint T(Y) = T(Y'), in float32 (config.admm band and lowpass)."""
-    x = jnp.asarray(x_BxHxWx3, jnp.float32)
-    if config.admm.constrained_band == "low":
-        return wavelets.lowpass(x, config.admm.lowpass)
-    if config.admm.constrained_band == "high":
-        return wavelets.highpass(x, config.admm.lowpass)
-    raise ValueError(
-        f"config.admm.constrained_band: unknown value {config.admm.constrained_band!r}"
-    )
-
+    return band_transform(x_BxHxWx3, config.admm.constrained_band, config.admm.lowpass)
