@@ -301,8 +301,8 @@ def convert_pdasr(
     output_dir: str | os.PathLike,
     config: str | os.PathLike = DEFAULT_CONFIG,
 ) -> paths.Path:
-    """Authors' checkpoint -> an lfcsr_jax export directory (checkpointing.save_export)."""
-    from lfcsr_jax.training import checkpointing
+    """Authors' checkpoint -> an lfcsr_jax export directory (exports.save_export)."""
+    from lfcsr_jax.weights import exports
 
     input_path, output_dir = paths.location(input_path), paths.location(output_dir)
     _check_output(output_dir, input_path)
@@ -311,7 +311,7 @@ def convert_pdasr(
     model_dict = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
     source = str(input_path) if paths.is_remote(input_path) else str(input_path.resolve())
     extra = {"converted_from": source, "converter": "lfcsr_jax.convert pdasr"}
-    return checkpointing.save_export(output_dir, params, model_dict, extra_info=extra)
+    return exports.save_export(output_dir, params, model_dict, extra_info=extra)
 
 
 def convert_vgg19(input_path: str | os.PathLike, output_path: str | os.PathLike) -> paths.Path:

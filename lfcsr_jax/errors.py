@@ -2,7 +2,7 @@
 
 A user error is a bad flag value, a missing or corrupt input file, an unusable output location:
 something the person running the command can fix, and for which a traceback is noise. Every
-module raises `UserError` (or a subclass: `train.UserError`, `checkpointing.CheckpointError`,
+module raises `UserError` (or a subclass: `train.UserError`, `exports.CheckpointError`,
 `super_resolve.SuperResolveError`, `image_io.ImageReadError`) with a message that names the flag
 or the file and says what to do; the command's entry point wraps its `main` with
 `reports_user_errors(prog)`, which prints `prog: error: <message>` and exits with status 2 (the

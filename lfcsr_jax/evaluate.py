@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lfcsr_jax.evaluate",
                                 description=__doc__.split("\n")[0],
                                 epilog=image_io.ORIENTATION_NOTE)
-    p.add_argument("--checkpoint", default="", help="export directory (checkpointing.save_export)")
+    p.add_argument("--checkpoint", default="", help="export directory (exports.save_export)")
     p.add_argument("--model", default="lfcsr", choices=("lfcsr", "bicubic"),
                    help="'bicubic' evaluates MATLAB bicubic upscaling; no checkpoint needed")
     p.add_argument("--data_dir", required=True, help="folder holding <Set>/HR (+ LR_bicubic/X4)")

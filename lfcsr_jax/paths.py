@@ -12,7 +12,7 @@ What "atomic" means on each store (see `write_bytes_atomic`):
 - local: a temporary sibling, fsync, then `os.replace`; readers see the old or the new file.
 - gs://: a single-object upload becomes visible whole, on completion, or not at all, so one file
   is written in place. A folder cannot be renamed on GCS (a "rename" copies each object), so
-  folders are written in place with a completion marker written last (see checkpointing.py).
+  folders are written in place with a completion marker written last (see weights/exports.py).
 """
 
 from __future__ import annotations

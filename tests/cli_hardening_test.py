@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from lfcsr_jax import errors, paths, super_resolve
-from lfcsr_jax.training import checkpointing
+from lfcsr_jax.weights import exports
 from tests.super_resolve_test import make_tiny_export
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -254,12 +254,12 @@ def _corrupt_copies(export_dir: Path, root: Path) -> dict[str, tuple[Path, str]]
 def _altered_copy(export_dir: Path, root: Path) -> Path:
     """An export whose params/ decode cleanly but hold one changed value (silent corruption):
     only the checksums in config.json can tell."""
-    _, params = checkpointing.load_export(export_dir)
+    _, params = exports.load_export(export_dir)
     leaf = params["perceptual"][next(iter(params["perceptual"]))]
     while isinstance(leaf, dict):
         leaf = leaf[next(iter(leaf))]
     leaf.reshape(-1)[0] += 1.0
-    other = checkpointing.save_export(root / "altered_source", params, {})
+    other = exports.save_export(root / "altered_source", params, {})
     shutil.copytree(export_dir, root / "altered")
     shutil.rmtree(root / "altered/params")
     shutil.copytree(other / "params", root / "altered/params")
@@ -284,12 +284,12 @@ def test_corrupt_exports_are_named_in_one_line(tmp_path, export_dir, inputs):
 
 
 def test_export_housekeeping(tmp_path, export_dir):
-    _, params = checkpointing.load_export(export_dir)
+    _, params = exports.load_export(export_dir)
     stale = tmp_path / ".export.tmp-killed"
     (stale / "params").mkdir(parents=True)
     old_umask = os.umask(0o022)
     try:
-        target = checkpointing.save_export(tmp_path / "export", params, {"scale": 4})
+        target = exports.save_export(tmp_path / "export", params, {"scale": 4})
     finally:
         os.umask(old_umask)
     assert not stale.exists()  # left by a killed export: cleaned by the next one

@@ -17,7 +17,7 @@ from PIL import Image
 
 from lfcsr_jax import convert, inference, paths, super_resolve
 from lfcsr_jax.input import image_io
-from lfcsr_jax.training import checkpointing
+from lfcsr_jax.weights import exports
 from lfcsr_jax.weights import state_dicts
 from lfcsr_jax.weights import vgg_weights
 # Compile time dominates these tiny forwards on a busy CPU: the same autouse fixture.
@@ -148,7 +148,7 @@ def test_convert_pdasr_from_gcs(tmp_path, gcs_root):
     args = ["pdasr", "--input", f"{gcs_root}/model.npz", "--output", str(tmp_path / "export"),
             "--config", f"{convert.DEFAULT_CONFIG}:tiny"]
     assert convert.main(args) == 0
-    model_cfg, params = checkpointing.load_export(tmp_path / "export")
+    model_cfg, params = exports.load_export(tmp_path / "export")
     assert model_cfg["han_features"] == 8
     want = convert.pdasr_params_from_state_dict(state_dict, x4.get_config("tiny").model)
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, want)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lfcsr_jax import super_resolve
-from lfcsr_jax.training import checkpointing
+from lfcsr_jax.weights import exports
 from lfcsr_jax.models import generator
 
 TINY_MODEL = {
@@ -31,7 +31,7 @@ def make_tiny_export(directory):
     rng = np.random.default_rng(0)
     params = jax.tree_util.tree_map(
         lambda s: (0.1 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
-    return checkpointing.save_export(directory, params, TINY_MODEL)
+    return exports.save_export(directory, params, TINY_MODEL)
 
 
 @pytest.fixture(scope="module")

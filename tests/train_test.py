@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from configs import x4
-from lfcsr_jax.training import checkpointing, loop, train, train_logging
+from lfcsr_jax.training import loop, train, train_logging
+from lfcsr_jax.weights import exports
 from tests.conftest import TRAINING_XLA_CACHE_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ def _last_train_row(workdir: Path) -> dict:
 def _export_leaves(workdir: Path) -> list[np.ndarray]:
     import jax
 
-    _, params = checkpointing.load_export(workdir / "export")
+    _, params = exports.load_export(workdir / "export")
     return jax.tree_util.tree_leaves(params)
 
 
@@ -97,7 +98,7 @@ def test_tiny_runs_both_phases_and_writes_everything(uninterrupted):
     assert (uninterrupted / "checkpoints" / "latest" / str(total)).is_dir()
     assert list((uninterrupted / "checkpoints" / "best_psnr_perceptual").iterdir())
     assert list(uninterrupted.glob("events.out.tfevents.*"))
-    model_cfg, params = checkpointing.load_export(uninterrupted / "export")
+    model_cfg, params = exports.load_export(uninterrupted / "export")
     assert model_cfg["han_features"] == 8 and set(params) == {"objective", "perceptual"}
     summary = json.loads((uninterrupted / "summary.json").read_text())
     assert {"psnr_objective", "psnr_perceptual", "psnr_bicubic"} <= set(summary["validation"])
@@ -277,7 +278,7 @@ def test_init_checkpoint_loads_generators_and_rejects_other_models(tmp_path):
     init = jax.jit(functools.partial(train_state.init_train_state, config=config, networks=networks))
     with jax.threefry_partitionable(False):
         source, fresh = init(jax.random.PRNGKey(1)), init(jax.random.PRNGKey(2))
-    export = checkpointing.save_export(tmp_path / "export", jax.device_get(
+    export = exports.save_export(tmp_path / "export", jax.device_get(
         train_state.generator_params(source)), config.model.to_dict())
     config.train.init_checkpoint = str(export)
     loaded = train.maybe_load_init_checkpoint(config, fresh)

@@ -188,7 +188,7 @@ class LoadedModel:
 
 def load_model(checkpoint: str | os.PathLike, dtype: str = "",
                bucket: int = BUCKET) -> LoadedModel:
-    """Reads an export (checkpointing.save_export; a local folder or a gs:// URI) and jits the
+    """Reads an export (exports.save_export; a local folder or a gs:// URI) and jits the
     two-stage forward.
 
     `dtype`: '' / 'auto' = bfloat16 on GPU/TPU, float32 on CPU; or a named compute dtype. Params
@@ -196,7 +196,7 @@ def load_model(checkpoint: str | os.PathLike, dtype: str = "",
     """
     import jax  # pylint: disable=import-outside-toplevel
 
-    from lfcsr_jax.training import checkpointing  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.weights import exports  # pylint: disable=import-outside-toplevel
     from lfcsr_jax.models import generator  # pylint: disable=import-outside-toplevel
 
     if not os.fspath(checkpoint):
@@ -216,8 +216,8 @@ def load_model(checkpoint: str | os.PathLike, dtype: str = "",
     if bucket < 0:
         raise InferenceError(f"--bucket={bucket} must be >= 0 (0 = exact shapes)")
     try:
-        model_cfg, params = checkpointing.load_export(path)
-    except checkpointing.CheckpointError as e:
+        model_cfg, params = exports.load_export(path)
+    except exports.CheckpointError as e:
         raise InferenceError(f"checkpoint {path}: {e}") from e
     check_params_match_config(path, model_cfg, params)
     model_cfg = dict(model_cfg)

@@ -28,6 +28,7 @@ from lfcsr_jax.training import (checkpointing, loop, schedules, steps, train_log
                                 validation)
 # A configuration or input problem, reported as one clear line before any compute (main.py).
 from lfcsr_jax.errors import UserError
+from lfcsr_jax.weights import exports
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -96,7 +97,7 @@ def _check_weight_paths(config: ml_collections.ConfigDict) -> list[str]:
                             f"its export, {str(init / 'export')!r}")
         elif not (init / "config.json").is_file():
             problems.append(f"train.init_checkpoint={str(init)!r}: not an export directory (no "
-                            "config.json; see checkpointing.save_export / convert pdasr)")
+                            "config.json; see exports.save_export / convert pdasr)")
     return problems
 
 
@@ -372,7 +373,7 @@ def maybe_load_init_checkpoint(config: ml_collections.ConfigDict, state: Any) ->
     """Starts from an export (e.g. a converted authors' model or a pre-trained run)."""
     if not config.train.init_checkpoint:
         return state
-    model_cfg, params = checkpointing.load_export(config.train.init_checkpoint)
+    model_cfg, params = exports.load_export(config.train.init_checkpoint)
     ours = config.model.to_dict()
     from lfcsr_jax.models.generator import EXECUTION_FIELDS
 
@@ -408,7 +409,7 @@ def export_generators(config: ml_collections.ConfigDict, state: Any, workdir: pa
     params = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)),
                                     train_state.generator_params(state))
     if jax.process_index() == 0:
-        checkpointing.save_export(export_dir, params, config.model.to_dict(),
+        exports.save_export(export_dir, params, config.model.to_dict(),
                                   extra_info={"step": step,
                                               "config": json.loads(config.to_json_best_effort())},
                                   overwrite=True)

@@ -124,7 +124,7 @@ class TrainState:
 
 
 def generator_params(state: TrainState) -> dict[str, Params]:
-    """The export tree of checkpointing.save_export: {'objective': ..., 'perceptual': ...}."""
+    """The export tree of exports.save_export: {'objective': ..., 'perceptual': ...}."""
     return {"objective": state.objective_params, "perceptual": state.perceptual_params}
 
 
