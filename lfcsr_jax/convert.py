@@ -271,15 +271,8 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- CLI
 
-def _same_location(a: paths.Path, b: paths.Path) -> bool:
-    """Local paths compare resolved (symlinks followed); URIs as normalised text."""
-    if paths.is_remote(a) or paths.is_remote(b):
-        return str(a) == str(b)
-    return a.resolve() == b.resolve()
-
-
 def _check_output(output: paths.Path, source: paths.Path) -> None:
-    if _same_location(output, source):
+    if paths.same_location(output, source):
         raise ConvertError(f"--output {output} is the input file; refusing to write over it")
     if output.exists():
         raise ConvertError(f"--output {output} already exists; refusing to overwrite it")

@@ -290,7 +290,7 @@ def format_table(results: dict[str, Any], metric_names: Sequence[str]) -> str:
     lines = [header, "|" + "---|" * (3 + len(metric_names))]
     for dataset, result in results.items():
         for label, row in result["rows"].items():
-            cells = [_fmt(m, row.get(m)) for m in metric_names]
+            cells = [metrics.format_metric(m, row.get(m)) for m in metric_names]
             lines.append(f"| {dataset} | {_describe(label)} | {result['count']} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -298,12 +298,6 @@ def format_table(results: dict[str, Any], metric_names: Sequence[str]) -> str:
 
 def _describe(label: str) -> str:
     return {"alpha=1": "Y' (alpha=1)", "alpha=0": "Y (alpha=0)"}.get(label, label)
-
-
-def _fmt(metric: str, value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.2f}" if metric == "psnr" else f"{value:.4f}"
 
 
 def write_reports(output_dir: Path, results: dict[str, Any], suite: MetricSuite,

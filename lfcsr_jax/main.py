@@ -9,7 +9,6 @@ unknown `--config.x.y` override, a bad value, a --workdir that is a file) end wi
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import logging as logging_std
 import os
 import sys
@@ -17,7 +16,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lfcsr_jax import errors, paths
+from lfcsr_jax import configuration, errors, paths
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, samples and the export.")
@@ -100,12 +99,8 @@ def check_config_overrides(argv: list[str]) -> None:
                  if a.startswith("--config.")]
     if spec is None or not overrides:
         return
-    path, _, variant = spec.partition(":")
     try:
-        module_spec = importlib.util.spec_from_file_location("_lfcsr_main_config", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        fields = _flat_fields(module.get_config(*([variant] if variant else [])).to_dict())
+        fields = _flat_fields(configuration.load_config_file(spec).to_dict())
     except Exception:  # noqa: BLE001 (absl reports a config file that does not load)
         return
     for field in overrides:

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.io
@@ -62,6 +64,14 @@ class MetricUnavailable(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- conversions
+
+
+def format_metric(metric: str, value: Any) -> str:
+    """A score as shown in every table and report: PSNR with 2 decimals, the others with 4;
+    'n/a' for a missing or NaN value."""
+    if not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.2f}" if metric == "psnr" else f"{value:.4f}"
 
 
 def quantize(sr_float: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from lfcsr_jax import paths
+from lfcsr_jax.evaluation.metrics import format_metric
 from lfcsr_jax.paths import Path
 
 FILES = "report_files"
@@ -75,12 +76,6 @@ def save_image_set(report_dir: Path, dataset: str, name: str, shown: Mapping[str
             "images": images}
 
 
-def _fmt(metric: str, value: Any) -> str:
-    if not isinstance(value, (int, float)):
-        return "n/a"
-    return f"{value:.2f}" if metric == "psnr" else f"{value:.4f}"
-
-
 def _describe(label: str) -> str:
     return {"alpha=1": "Y' (alpha=1)", "alpha=0": "Y (alpha=0)"}.get(label, label)
 
@@ -89,7 +84,7 @@ def _results_table(dataset: str, result: Mapping[str, Any], metric_names: Sequen
     head = "".join(f"<th>{html.escape(m.upper())}</th>" for m in metric_names)
     body = []
     for label, row in result["rows"].items():
-        cells = "".join(f"<td>{_fmt(m, row.get(m))}</td>" for m in metric_names)
+        cells = "".join(f"<td>{format_metric(m, row.get(m))}</td>" for m in metric_names)
         body.append(f"<tr><td>{html.escape(_describe(label))}</td>{cells}</tr>")
     lf = ""
     if "lf_mae" in result:
@@ -108,7 +103,7 @@ def _image_section(entry: Mapping[str, Any], metric_names: Sequence[str], index:
     def caption(label: str) -> str:
         key = {"Y'": "alpha=1", "Y": "alpha=0"}.get(label, label)
         vals = scores.get(key) or scores.get(label) or {}
-        text = ", ".join(f"{m.upper()} {_fmt(m, vals[m])}" for m in metric_names if m in vals)
+        text = ", ".join(f"{m.upper()} {format_metric(m, vals[m])}" for m in metric_names if m in vals)
         return html.escape(label) + (f"<br><small>{text}</small>" if text else "")
 
     crops, fulls = [], []
