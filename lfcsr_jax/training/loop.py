@@ -37,7 +37,7 @@ class StopSignal(Protocol):
     signal_name: str | None
 
     def requested(self, step: int) -> bool:
-        """Called once per step, with the same step on every host (see train.StopRequest)."""
+        """Called once per step, with the same step on every host (see preemption.StopRequest)."""
         ...
 
 
