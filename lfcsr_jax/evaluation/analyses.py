@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lfcsr_jax import paths
-from lfcsr_jax.evaluation import metrics, pd_plane, sources
+from lfcsr_jax.evaluation import metrics, pd_plane, report, sources
 from lfcsr_jax.paths import Path
 
 
@@ -93,8 +93,6 @@ class Extras:
         if stages is not None and self.lf_transform is not None:
             record["lf_mae"] = pd_plane.lf_mae(stages[0], stages[1], *self.lf_transform)
         if self.report_dir is not None:
-            from lfcsr_jax.evaluation import report  # pylint: disable=import-outside-toplevel
-
             shown = {"bicubic": outputs["bicubic"]}
             if stages is not None:
                 shown["Y'"], shown["Y"] = stages
@@ -145,8 +143,6 @@ class Extras:
                     self.interpolations, names, [p for p in references if p["dataset"] == dataset])
                 written.append(planes[dataset])
         if self.report_dir is not None:
-            from lfcsr_jax.evaluation import report  # pylint: disable=import-outside-toplevel
-
             written.append(report.write_report(output_dir, results, suite.names, planes,
                                                self.report_images, info, suite.unavailable))
         return written

@@ -42,6 +42,7 @@ import scipy.ndimage
 import scipy.special
 
 from lfcsr_jax import paths
+from lfcsr_jax.input.imresize import imresize
 
 # BT.601 luma coefficients for RGB in [0, 255] (MATLAB rgb2ycbcr / BasicSR `rgb2ycbcr`).
 _Y_COEFFS_RGB = np.array([65.481, 128.553, 24.966], dtype=np.float64) / 255.0
@@ -265,8 +266,6 @@ def _local_normalise(img_HxW: np.ndarray) -> np.ndarray:
 
 
 def _half_resize(img_HxW: np.ndarray) -> np.ndarray:
-    from lfcsr_jax.input.imresize import imresize  # MATLAB-exact bicubic, float path (no rounding).
-
     return np.asarray(imresize(img_HxW.astype(np.float64), 0.5), dtype=np.float64)
 
 

@@ -22,6 +22,8 @@ import numpy as np
 
 from lfcsr_jax import paths
 from lfcsr_jax.paths import Path
+from lfcsr_jax.evaluation import diagnostics
+from lfcsr_jax.models import constraint
 
 OBJECTIVE_ALIASES = ("Y'", "Yp", "objective", "Y_O")
 PERCEPTUAL_ALIASES = ("Y", "perceptual", "Y_P")
@@ -94,8 +96,6 @@ def parse_lf_transform(spec: str, checkpoint: paths.PathLike) -> tuple[str, str]
 def lf_mae(y_objective: np.ndarray, y_perceptual: np.ndarray, lowpass: str = "haar",
            band: str = "low") -> float:
     """mean |T(Y) - T(Y')| of one image (HxWx3 floats on the 0-255 scale)."""
-    from lfcsr_jax.models import constraint  # pylint: disable=import-outside-toplevel
-
     both = np.stack([np.asarray(y_perceptual, np.float32), np.asarray(y_objective, np.float32)])
     t = np.asarray(constraint.band_transform(both, band, lowpass), np.float64)
     return float(np.mean(np.abs(t[0] - t[1])))
@@ -118,8 +118,6 @@ def plot(rows: Mapping[str, Mapping[str, float]], path: paths.PathLike, x_metric
          interpolations: Sequence[Interpolation] = (), sources: Sequence[str] = (),
          references: Sequence[Mapping[str, Any]] = ()) -> Path:
     """Writes the PD plane of one dataset's rows (evaluate's labels) to `path` (PNG)."""
-    from lfcsr_jax.evaluation import diagnostics  # pylint: disable=import-outside-toplevel
-
     plt = diagnostics.pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     curve = _curve_of(rows, "alpha=")

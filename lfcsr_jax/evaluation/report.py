@@ -25,6 +25,7 @@ import numpy as np
 from lfcsr_jax import paths
 from lfcsr_jax.evaluation.metrics import format_metric
 from lfcsr_jax.paths import Path
+from lfcsr_jax.input import image_io
 
 FILES = "report_files"
 
@@ -57,8 +58,6 @@ def choose_crop(shown: Mapping[str, np.ndarray], size: int = 96) -> tuple[int, i
 def save_image_set(report_dir: Path, dataset: str, name: str, shown: Mapping[str, np.ndarray],
                    hr: np.ndarray, crop: tuple[int, int, int] | None) -> dict[str, Any]:
     """Writes full-size and crop PNGs of every shown output and HR; returns the page entry."""
-    from lfcsr_jax.input import image_io  # pylint: disable=import-outside-toplevel
-
     h, w = hr.shape[:2]
     if crop is None:
         crop = choose_crop(shown)

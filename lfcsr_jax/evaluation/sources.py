@@ -25,6 +25,7 @@ import numpy as np
 
 from lfcsr_jax import paths
 from lfcsr_jax.paths import Path
+from lfcsr_jax.input import benchmarks, image_io
 
 # Stripped repeatedly from the end of a lower-cased stem (after the SelfExSR `_srf_N_...` tail).
 _SUFFIXES = re.compile(r"(_x\d+|x\d+|_sr|_rlt|_out|_output|_hr)$")
@@ -70,8 +71,6 @@ def hr_keys(benchmark_dir: paths.PathLike | None, item_names: Sequence[str], sca
     """item name -> every key it may be matched by (its name and its HR file's stem key)."""
     keys = {name: {stem_key(name, scale), name.lower()} for name in item_names}
     if benchmark_dir is not None:
-        from lfcsr_jax.input import benchmarks  # pylint: disable=import-outside-toplevel
-
         for hr_file, canonical in benchmarks.benchmark_names(benchmark_dir).items():
             if canonical in keys:
                 keys[canonical].add(stem_key(Path(hr_file).stem, scale))
@@ -80,8 +79,6 @@ def hr_keys(benchmark_dir: paths.PathLike | None, item_names: Sequence[str], sca
 
 def dataset_folder(root: Path, dataset: str) -> Path:
     """root/<dataset> when root has benchmark subfolders, else root itself (a flat folder)."""
-    from lfcsr_jax.input import image_io  # pylint: disable=import-outside-toplevel
-
     aliases = {dataset.lower()} | ({"b100", "bsd100"} if dataset.lower() in ("b100", "bsd100") else set())
     subdirs = [p for p in sorted(root.iterdir()) if p.is_dir()]
     for sub in subdirs:
@@ -96,8 +93,6 @@ def dataset_folder(root: Path, dataset: str) -> Path:
 
 def match_files(folder: Path, keys: dict[str, set[str]], scale: int = 4) -> dict[str, Path]:
     """item name -> its SR file in `folder`; SourceError naming what is missing or ambiguous."""
-    from lfcsr_jax.input import image_io  # pylint: disable=import-outside-toplevel
-
     try:
         files = image_io.list_images(folder)
     except FileNotFoundError as e:
@@ -129,8 +124,6 @@ def match_files(folder: Path, keys: dict[str, set[str]], scale: int = 4) -> dict
 
 def read_matching(path: Path, hr_u8: np.ndarray) -> np.ndarray:
     """The SR image at `path` as float32 RGB, checked against the HR size (SourceError if not)."""
-    from lfcsr_jax.input import image_io  # pylint: disable=import-outside-toplevel
-
     try:
         sr = image_io.read_image(path)
     except image_io.ImageReadError as e:
@@ -156,8 +149,6 @@ class SourceSet:
 
     def prepare(self, dataset: str, items: Sequence[dict[str, Any]]) -> None:
         """Matches every source's files for this dataset (fails before any scoring)."""
-        from lfcsr_jax.input import benchmarks  # pylint: disable=import-outside-toplevel
-
         try:
             bench = benchmarks.find_benchmark(self.data_dir, dataset)
         except FileNotFoundError:

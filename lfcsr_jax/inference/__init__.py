@@ -37,6 +37,8 @@ import numpy as np
 
 from lfcsr_jax import paths
 from lfcsr_jax.errors import UserError
+from lfcsr_jax.models import generator
+from lfcsr_jax.weights import exports
 
 DTYPES = ("float32", "bfloat16", "float16")  # generator.compute_dtype accepts these three
 DTYPE_CHOICES = ("", "auto") + DTYPES
@@ -196,9 +198,6 @@ def load_model(checkpoint: str | os.PathLike, dtype: str = "",
     """
     import jax  # pylint: disable=import-outside-toplevel
 
-    from lfcsr_jax.weights import exports  # pylint: disable=import-outside-toplevel
-    from lfcsr_jax.models import generator  # pylint: disable=import-outside-toplevel
-
     if not os.fspath(checkpoint):
         raise InferenceError("checkpoint '' does not exist (pass an export directory written by "
                              "save_export / the training program)")
@@ -231,8 +230,6 @@ def check_params_match_config(path: paths.Path, model_cfg: dict[str, Any], param
     """An export whose config.json no longer describes its params/ is named, not a flax error."""
     import jax  # pylint: disable=import-outside-toplevel
 
-    from lfcsr_jax.models import generator  # pylint: disable=import-outside-toplevel
-
     try:
         model = generator.build_lfcsr(model_cfg)
         expected = jax.eval_shape(lambda k: generator.init_params(model, k, (1, 8, 8, 3)),
@@ -258,8 +255,6 @@ def _jitted_forwards(model_cfg_json: str) -> tuple[Callable, Callable, Callable]
     (evaluate then super_resolve, or tests) reuses the compiled executables. Each takes
     (params, x, mask): mask None runs the exact shape, else the bucketed masked forward."""
     import jax  # pylint: disable=import-outside-toplevel
-
-    from lfcsr_jax.models import generator  # pylint: disable=import-outside-toplevel
 
     model_cfg = json.loads(model_cfg_json)
     model = generator.build_lfcsr(model_cfg)
@@ -290,8 +285,6 @@ def estimate_activation_bytes(model_cfg: dict[str, Any], h: int, w: int, batch: 
     G_P works at half the HR resolution (4 band pixels per LR pixel) and keeps all N block
     outputs (4g each) and their concatenation. Times the compute dtype's size. An estimate, not
     a bound: XLA's buffer reuse decides the real peak."""
-    from lfcsr_jax.models import generator  # pylint: disable=import-outside-toplevel
-
     itemsize = np.dtype(generator.compute_dtype(model_cfg)).itemsize
     g, f = int(model_cfg["han_resgroups"]), int(model_cfg["han_features"])
     n, growth, stem = (int(model_cfg[k]) for k in ("clique_blocks", "clique_growth", "clique_stem"))

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from lfcsr_jax.models import wavelets
+from lfcsr_jax.models.vgg19 import vgg_input
 
 # Additive guards of the authors' contextual loss (Mechrez et al. as in PDASR's functional.py).
 _CX_RELATIVE_EPS = 1e-5
@@ -160,8 +161,6 @@ def paper_perceptual_loss(
 
 def vgg_features(networks: Any, vgg_params: Any, images: jax.Array, layer: str):
     """`vgg_params` is a models.vgg19.VGG19Weights: the input follows the weights' convention."""
-    from lfcsr_jax.models.vgg19 import vgg_input
-
     if networks.vgg is None:
         raise ValueError("admm: config.loss.contextual_weight > 0 needs networks.vgg")
     normalised = vgg_input(images, vgg_params.input_convention,

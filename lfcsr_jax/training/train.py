@@ -28,7 +28,9 @@ from lfcsr_jax.errors import UserError
 # validate_config is also reached as train.validate_config (main, sweep, tests).
 from lfcsr_jax.training.config_checks import validate_config
 from lfcsr_jax.training.preemption import StopRequest
-from lfcsr_jax.weights import exports
+from lfcsr_jax.weights import exports, vgg_weights
+from lfcsr_jax.input import input_pipeline
+from lfcsr_jax.models.generator import EXECUTION_FIELDS
 
 
 def phase_lengths(config: ml_collections.ConfigDict) -> dict[str, int]:
@@ -80,8 +82,6 @@ def make_mesh() -> jax.sharding.Mesh:
 
 def train_stream(config: ml_collections.ConfigDict, start_step: int) -> Iterator[dict]:
     """This process's slots of every global batch, from `start_step` on (restorable by step)."""
-    from lfcsr_jax.input import input_pipeline
-
     return input_pipeline.create_train_iterator(
         config.input, scale=config.model.scale,
         global_batch_size=config.train.global_batch_size, seed=config.seed,
@@ -93,8 +93,6 @@ def load_vgg_params(config: ml_collections.ConfigDict, networks: Any) -> Any:
     """Frozen VGG19Weights (params + the input convention they expect): converted ImageNet
     weights when configured, else random (demo)."""
     if config.loss.vgg_weights:
-        from lfcsr_jax.weights import vgg_weights
-
         return vgg_weights.load_vgg19_weights(config.loss.vgg_weights)
     logging.warning("loss.vgg_weights is empty: the contextual loss uses a RANDOM VGG19 "
                     "(fine for tests and the demo; convert ImageNet weights for real training)")
@@ -107,8 +105,6 @@ def maybe_load_init_checkpoint(config: ml_collections.ConfigDict, state: Any) ->
         return state
     model_cfg, params = exports.load_export(config.train.init_checkpoint)
     ours = config.model.to_dict()
-    from lfcsr_jax.models.generator import EXECUTION_FIELDS
-
     mismatched = [k for k in ours if k not in EXECUTION_FIELDS and k in model_cfg and
                   _as_plain(model_cfg[k]) != _as_plain(ours[k])]
     if mismatched:

@@ -19,6 +19,8 @@ import optax
 from lfcsr_jax import configuration
 from lfcsr_jax.training import losses
 from lfcsr_jax.models.constraint import constraint_transform
+from lfcsr_jax.models import discriminator, generator, vgg19
+from lfcsr_jax.models.vgg19 import VGG19Weights
 
 Params = Any
 Metrics = dict[str, jax.Array]
@@ -83,8 +85,6 @@ def make_networks(config: ml_collections.ConfigDict) -> Networks:
     activation memory, about one more forward of compute); the *_unroll fields set the loops.
     """
     _check_admm_config(config)
-    from lfcsr_jax.models import discriminator, generator, vgg19  # heavy; only when needed
-
     hr_patch = config.input.lr_patch * config.model.scale
     dtype = generator.compute_dtype(config.model)
     return Networks(
@@ -171,8 +171,6 @@ def init_train_state(
 
 def init_vgg_params(rng: jax.Array, config: ml_collections.ConfigDict, networks: Networks) -> Params:
     """Randomly initialised VGG19Weights (tests and demo; the paper loads ImageNet weights)."""
-    from lfcsr_jax.models.vgg19 import VGG19Weights
-
     _, hr_shape = _patch_shapes(config)
     layer = config.model.vgg_layer
     params = networks.vgg.init(rng, jnp.zeros((1, *hr_shape)), layers=(layer,))["params"]

@@ -18,8 +18,10 @@ import numpy as np
 from absl import logging
 
 from lfcsr_jax import paths
-from lfcsr_jax.evaluation import metrics
+from lfcsr_jax.evaluation import lpips, metrics, report
 from lfcsr_jax.training import train_state
+from lfcsr_jax.input import imresize, input_pipeline
+from lfcsr_jax.models.generator import apply_generator
 
 
 def best_metric_modes(config: ml_collections.ConfigDict) -> dict[str, str]:
@@ -39,8 +41,6 @@ class Validator:
     """Runs both stages on the validation images and scores them as the paper does."""
 
     def __init__(self, config: ml_collections.ConfigDict, networks: Any):
-        from lfcsr_jax.input import imresize, input_pipeline
-
         self.scale = config.model.scale
         self.images = input_pipeline.load_validation_set(config.input, config.model.scale)
         self._about = _run_description(config)
@@ -54,8 +54,6 @@ class Validator:
         self.bicubic = self._score_bicubic(imresize)
 
     def _both_stages(self, generator_params: dict[str, Any], lr_Bxhxwx3: jax.Array):
-        from lfcsr_jax.models.generator import apply_generator
-
         y_objective = apply_generator(self.networks.objective, generator_params["objective"],
                                       lr_Bxhxwx3)
         y_perceptual = apply_generator(self.networks.perceptual, generator_params["perceptual"],
@@ -131,10 +129,11 @@ class Validator:
                   f"- This process ran {(time.monotonic() - self._started) / 60:.1f} min "
                   "(training, validation, export).", "",
                   f"Generator export for evaluation: `{export_dir}`", ""]
-        report = self._write_report(workdir, scores)
-        if report is not None:
+        report_html = self._write_report(workdir, scores)
+        if report_html is not None:
+            shown = report_html.relative_to(workdir)
             lines += [f"Visual report of the validation images (bicubic, Y', Y, HR, zoomed crops, "
-                      f"an alpha slider): [{report.relative_to(workdir)}]({report.relative_to(workdir)})",
+                      f"an alpha slider): [{shown}]({shown})",
                       ""]
         text = "\n".join(lines)
         paths.write_text_atomic(workdir / "summary.md", text)
@@ -144,8 +143,6 @@ class Validator:
         """report/report.html of the last validated outputs (report.py); None if none."""
         if self._last_outputs is None:
             return None
-        from lfcsr_jax.evaluation import report  # pylint: disable=import-outside-toplevel
-
         out_dir = workdir / "report"
         upscaled = [_bicubic_upscale(image["lr"], self.scale) for image in self.images]
         entries = []
@@ -195,8 +192,6 @@ def _verdict(scores: dict[str, float]) -> list[str]:
 
 def _run_description(config: ml_collections.ConfigDict) -> list[str]:
     """What was trained on what, for the summary: the data, the steps and the model size."""
-    from lfcsr_jax.input import input_pipeline  # pylint: disable=import-outside-toplevel
-
     inp, sched = config.input, config.schedule
     steps = {"pretrain": sched.pretrain_epochs * sched.steps_per_epoch,
              "admm": sched.admm_epochs * sched.steps_per_epoch}
@@ -228,8 +223,6 @@ def _run_description(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def _bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
-    from lfcsr_jax.input import imresize  # pylint: disable=import-outside-toplevel
-
     return imresize.imresize(lr, scale)
 
 
@@ -237,6 +230,4 @@ def _load_lpips(lpips_dir: str):
     """An LPIPS scorer (uint8 a, uint8 b) -> float, or None when no weights are configured."""
     if not lpips_dir:
         return None
-    from lfcsr_jax.evaluation import lpips
-
     return lpips.load_scorer(lpips_dir)
