@@ -18,7 +18,7 @@ from PIL import Image
 
 from lfcsr_jax import errors, evaluate, paths
 from lfcsr_jax.evaluation import lpips, metrics, sources
-from tests.super_resolve_test import make_tiny_export
+from tests.conftest import make_tiny_export
 
 HR_CROP = 64  # HR pixels kept per side (LR: HR_CROP / 4)
 

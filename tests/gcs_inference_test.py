@@ -20,9 +20,10 @@ from lfcsr_jax.input import image_io
 from lfcsr_jax.weights import exports
 from lfcsr_jax.weights import state_dicts
 from lfcsr_jax.weights import vgg_weights
-# Compile time dominates these tiny forwards on a busy CPU: the same autouse fixture.
-from tests.inference_test import _fast_compiles  # noqa: F401
-from tests.super_resolve_test import make_tiny_export
+from tests.conftest import make_tiny_export
+
+# Compile time dominates these tiny forwards on a busy CPU (conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def _png16_rgb(x_HxWx3: np.ndarray) -> bytes:
@@ -186,7 +187,7 @@ def test_state_dicts_and_keras_files_read_from_gcs(tmp_path, gcs_root):
     torch = pytest.importorskip("torch")
     from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
 
-    from tests.vgg19_test import _write_keras_legacy_h5  # pylint: disable=import-outside-toplevel
+    from tests.conftest import write_keras_legacy_h5  # pylint: disable=import-outside-toplevel
 
     rng = np.random.default_rng(1)
     arrays = {"a.weight": rng.standard_normal((4, 3, 3, 3), dtype=np.float32),
@@ -199,7 +200,7 @@ def test_state_dicts_and_keras_files_read_from_gcs(tmp_path, gcs_root):
     layers = {vgg_weights._keras_layer_name(n): (rng.standard_normal((3, 3, 2, 2)),  # pylint: disable=protected-access
                                                  rng.standard_normal(2))
               for n in vgg_weights.VGG19_CONV_NAMES}
-    _write_keras_legacy_h5(tmp_path / "k.h5", layers)
+    write_keras_legacy_h5(tmp_path / "k.h5", layers)
     _upload(tmp_path, gcs_root)
     for name in ("w.pth", "w.npz", "w.safetensors"):
         remote = state_dicts.load_state_dict(f"{gcs_root}/{name}")

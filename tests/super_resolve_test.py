@@ -10,28 +10,9 @@ from PIL import Image
 from lfcsr_jax import super_resolve
 from lfcsr_jax.weights import exports
 from lfcsr_jax.models import generator
+from tests.conftest import TINY_MODEL, make_tiny_export
 
-TINY_MODEL = {
-    "scale": 4, "rgb_mean": [0.4488, 0.4371, 0.4040], "rgb_range": 255.0, "han_resgroups": 2,
-    "han_resblocks": 1, "han_features": 8, "han_reduction": 4, "clique_blocks": 1,
-    "clique_growth": 4, "clique_stem": 4, "dtype": "float32",
-}
 LR_SHAPE = (24, 28, 3)
-
-
-def make_tiny_export(directory):
-    """A random tiny LFc-SR export (also used by evaluate_test).
-
-    Params are drawn in numpy on the shapes from jax.eval_shape: flax's init would compile the
-    whole model once more (tens of seconds on a busy 2-core machine).
-    """
-    model = generator.build_lfcsr(TINY_MODEL)
-    shapes = jax.eval_shape(lambda k: generator.init_params(model, k, (1, 8, 8, 3)),
-                            jax.random.PRNGKey(0))
-    rng = np.random.default_rng(0)
-    params = jax.tree_util.tree_map(
-        lambda s: (0.1 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
-    return exports.save_export(directory, params, TINY_MODEL)
 
 
 @pytest.fixture(scope="module")

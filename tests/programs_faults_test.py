@@ -1,4 +1,4 @@
-"""Every command against bad input and interruption: one stderr line, exit 2, nothing lost.
+"""Every program against bad input and interruption: one stderr line, exit 2, nothing lost.
 
 The commands run as real subprocesses (`python -m lfcsr_jax.<command>`), since what is tested is
 what a user sees: the exit status and the whole of stderr (no traceback).
@@ -21,7 +21,7 @@ from PIL import Image
 
 from lfcsr_jax import errors, paths, super_resolve
 from lfcsr_jax.weights import exports
-from tests.super_resolve_test import make_tiny_export
+from tests.conftest import assert_one_line_error, make_tiny_export
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,17 +42,6 @@ def run_cli(module: str, *args: str, file_limit_kb: int = 0) -> subprocess.Compl
                           timeout=600)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    """Exit 2, no traceback, and the error is a single stderr line containing each needle."""
-    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1, result.stderr[-3000:]
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
-
-
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory) -> Path:
     return make_tiny_export(tmp_path_factory.mktemp("hardening") / "export")
@@ -69,23 +58,6 @@ def inputs(tmp_path) -> Path:
 
 
 # ----------------------------------------------------------------------------- the shared helper
-
-
-def test_reports_user_errors_prints_one_line_and_exits_2(capsys):
-    @errors.reports_user_errors("demo")
-    def main():
-        raise errors.UserError("bad value\n  on two lines")
-
-    with pytest.raises(SystemExit) as caught:
-        main()
-    assert caught.value.code == 2
-    assert capsys.readouterr().err == "demo: error: bad value on two lines\n"
-    # Errors that are bugs keep their traceback.
-    with pytest.raises(KeyError):
-        errors.reports_user_errors("demo")(lambda: {}["x"])()
-
-
-# ----------------------------------------------------------------------------- item 1: writes
 
 
 def test_killed_write_leaves_old_content_or_nothing(tmp_path):

@@ -1,4 +1,5 @@
-"""The training program against bad input and interruption (issue 12, items 2, 4, 8, 11, 12).
+"""The training program (`python -m lfcsr_jax.main`) against bad input and interruption:
+bad config values, truncated images, kills and signals (issue 12, items 2, 4, 8, 11, 12).
 
 Runs are real `python -m lfcsr_jax.main` subprocesses on the tiny config.
 """
@@ -15,13 +16,12 @@ from pathlib import Path
 import pytest
 
 from configs import x4
-from lfcsr_jax.training import loop, train, train_logging
-from tests.cli_hardening_test import assert_one_line_error
-from tests.train_test import REPO_ROOT, _command, _env, _run
+from lfcsr_jax.training import train, train_logging
+from tests.conftest import REPO_ROOT, assert_one_line_error, main_command, run_main, training_env
 
 
 def _run_quick(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(_command(*args), cwd=REPO_ROOT, env=_env(1), capture_output=True,
+    return subprocess.run(main_command(*args), cwd=REPO_ROOT, env=training_env(1), capture_output=True,
                           text=True, timeout=600)
 
 
@@ -76,49 +76,6 @@ def test_config_values_that_gave_tracebacks(tmp_path):
 # ----------------------------------------------------------------------------- item 12
 
 
-class _FakeCheckpoints:
-    directory = Path("/runs/x/checkpoints")
-
-    def __init__(self, latest):
-        self.latest = latest
-
-    def wait_until_finished(self):
-        pass
-
-    def latest_step(self):
-        return self.latest
-
-
-def _loop_with(checkpoints) -> loop.TrainLoop:
-    return loop.TrainLoop(steps={}, lengths={}, vgg_params=None, batch_sharding=None,
-                          stream=iter(()), writer=None, stop=None, checkpoints=checkpoints)
-
-
-def test_non_finite_message_names_the_metrics_step(capsys):
-    # The bad step's 0-based index is 5; metrics.jsonl records it as step 6.
-    assert _loop_with(_FakeCheckpoints(4)).stop_non_finite(5) == 3
-    out = capsys.readouterr().out
-    assert "at step 6:" in out and "(step 4)" in out
-    _loop_with(_FakeCheckpoints(None)).stop_non_finite(0)
-    out = capsys.readouterr().out
-    assert "None" not in out and "No checkpoint had been saved yet" in out
-
-
-# ----------------------------------------------------------------------------- item 2
-
-
-def test_truncate_metrics_is_atomic_and_keeps_up_to_the_step(tmp_path):
-    rows = [{"step": s, "phase": "pretrain"} for s in range(1, 9)]
-    rows.insert(4, {"step": 4, "phase": "validation"})
-    text = "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 9, "pha'  # cut by a kill
-    (tmp_path / "metrics.jsonl").write_text(text)
-    assert train_logging.truncate_metrics(tmp_path, 4) == 5
-    kept = train_logging.read_metrics(tmp_path)
-    assert [(r["step"], r["phase"]) for r in kept] == [
-        (1, "pretrain"), (2, "pretrain"), (3, "pretrain"), (4, "pretrain"), (4, "validation")]
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temp file left
-
-
 def _assert_monotonic(workdir: Path) -> None:
     rows = train_logging.read_metrics(workdir)
     steps = [r["step"] for r in rows if r["phase"] != "validation"]
@@ -129,7 +86,7 @@ def _assert_monotonic(workdir: Path) -> None:
 
 def test_kill_then_resume_keeps_metrics_monotonic(tmp_path):
     workdir = tmp_path / "killed"
-    process = subprocess.Popen(_command(workdir), cwd=REPO_ROOT, env=_env(4),
+    process = subprocess.Popen(main_command(workdir), cwd=REPO_ROOT, env=training_env(4),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 600
@@ -141,10 +98,10 @@ def test_kill_then_resume_keeps_metrics_monotonic(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert max(r["step"] for r in _rows(metrics)) > 4, "nothing past the checkpoint was logged"
-    resumed = _run(workdir)
+    resumed = run_main(workdir)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     _assert_monotonic(workdir)
-    again = _run(workdir)  # resume at the last step: validates, but must not log it twice
+    again = run_main(workdir)  # resume at the last step: validates, but must not log it twice
     assert again.returncode == 0, again.stderr[-4000:]
     _assert_monotonic(workdir)
 
@@ -165,8 +122,8 @@ def _rows(path: Path) -> list[dict]:
 def test_sigterm_during_compile_exits_at_once_without_a_checkpoint(tmp_path):
     workdir = tmp_path / "compiling"
     # A real compile (no cache), kept long by XLA's optimisations being off.
-    env = dict(_env(4, compile_cache=False), JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-    process = subprocess.Popen(_command(workdir), cwd=REPO_ROOT, env=env,
+    env = dict(training_env(4, compile_cache=False), JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+    process = subprocess.Popen(main_command(workdir), cwd=REPO_ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stderr:  # absl logs to stderr
         if "Compiling the pretrain step" in line:
