@@ -5,7 +5,7 @@
       [--bucket=32] [--batch=0] [--memory_budget=] [--xla_cache_dir=] [--format=png|npy]
       [--fail_fast]
 
-Speed (lfcsr_jax/inference.py): the compute dtype defaults to bfloat16 on GPU/TPU and float32 on
+Speed (lfcsr_jax/inference/): the compute dtype defaults to bfloat16 on GPU/TPU and float32 on
 CPU; images run padded to a few bucketed shapes with the padding masked out exactly (the output
 equals the unpadded forward to float rounding), so a folder of many sizes compiles a few
 programs; same-bucket images run --batch at a time (bounded by free memory); reads and PNG

@@ -1,4 +1,4 @@
-"""Primitive counts of the training steps (lfcsr_jax/op_counts.py): the counting rules on hand-made
+"""Primitive counts of the training steps (lfcsr_jax/perf/op_counts.py): the counting rules on hand-made
 programs, and a ceiling on the paper model's counts so that a change that adds kernels to the
 step fails here, without a GPU (tools/PERF_NOTES.md has the before/after figures)."""
 

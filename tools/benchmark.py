@@ -14,7 +14,7 @@ training loop around them, and inference; plus a CPU-only count of the step's pr
   python tools/benchmark.py --aot=tpu:v5e:2x4                 # compile for a v5e-8 slice
 
 --aot=TARGET compiles (does not run) the same steps and the inference forward for an accelerator
-that is not here (lfcsr_jax/aot.py): kernels per execution by kind and model part, what sits
+that is not here (lfcsr_jax/perf/aot.py): kernels per execution by kind and model part, what sits
 outside CUDA graphs, memory per chip and compile seconds. Needs the extra for the target:
 pip install -e ".[aot]" (jax[cuda12] and jax[tpu] at the jax version).
 
@@ -202,7 +202,7 @@ def bench_training(training: Training, steps: int, phases: tuple[str, ...]) -> d
 
 
 def count_training(config: Any, phases: tuple[str, ...]) -> dict[str, dict[str, int]]:
-    """Jaxpr primitive counts per step (no compile, no device work): see lfcsr_jax/op_counts.py."""
+    """Jaxpr primitive counts per step (no compile, no device work): see lfcsr_jax/perf/op_counts.py."""
     import jax
     import jax.numpy as jnp
 
@@ -351,7 +351,7 @@ def bench_inference(config: Any, steps: int, lr_size: int = 128) -> dict[str, fl
 
 def bench_inference_program(config: Any, steps: int, folder_images: int = 100,
                             batch: int = 0) -> dict[str, Any]:
-    """What super_resolve / evaluate run (lfcsr_jax/inference.py: bucketed exact forwards, params
+    """What super_resolve / evaluate run (lfcsr_jax/inference/: bucketed exact forwards, params
     cast once, batches of one bucket), on random params: latency at 128x128 and 480x270 LR (a
     1080p output) with both stages, images/s over a folder of `folder_images` BSD100-size images
     (synthetic, 120x80 and 80x120 LR), and the compile count and seconds of all of it."""
