@@ -26,8 +26,8 @@ import jax
 import numpy as np
 
 from lfcsr_jax import paths
-from lfcsr_jax.errors import UserError, reports_user_errors
 from lfcsr_jax.configuration import load_config_file
+from lfcsr_jax.errors import UserError, reports_user_errors
 from lfcsr_jax.models import generator
 from lfcsr_jax.weights.state_dicts import load_state_dict
 

@@ -35,10 +35,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from lfcsr_jax import inference, paths
-from lfcsr_jax.evaluation import metrics
-from lfcsr_jax.paths import Path
 from lfcsr_jax.errors import UserError, reports_user_errors
-from lfcsr_jax.paths import check_output_dir
+from lfcsr_jax.evaluation import metrics
+from lfcsr_jax.paths import Path, check_output_dir
 
 DEFAULT_DATASETS = "Set5,Set14,BSD100,Urban100,Manga109"
 DEFAULT_ALPHAS = ",".join(f"{a / 10:g}" for a in range(11))

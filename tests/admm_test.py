@@ -19,8 +19,8 @@ import pytest
 
 from configs import x4
 from lfcsr_jax.models import constraint, wavelets
-from lfcsr_jax.training import admm, losses, pretrain, train_state
 from lfcsr_jax.models.vgg19 import vgg_input
+from lfcsr_jax.training import admm, losses, pretrain, train_state
 
 SCALE = 4
 

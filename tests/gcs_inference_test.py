@@ -17,9 +17,7 @@ from PIL import Image
 
 from lfcsr_jax import convert, inference, paths, super_resolve
 from lfcsr_jax.input import image_io
-from lfcsr_jax.weights import exports
-from lfcsr_jax.weights import state_dicts
-from lfcsr_jax.weights import vgg_weights
+from lfcsr_jax.weights import exports, state_dicts, vgg_weights
 from tests.conftest import make_tiny_export
 
 # Compile time dominates these tiny forwards on a busy CPU (conftest.py).

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from configs import x4
-from lfcsr_jax.training import pretrain, train_state
 from lfcsr_jax.models import generator
+from lfcsr_jax.training import pretrain, train_state
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from lfcsr_jax import super_resolve
-from lfcsr_jax.weights import exports
 from lfcsr_jax.models import generator
+from lfcsr_jax.weights import exports
 from tests.conftest import TINY_MODEL, make_tiny_export
 
 LR_SHAPE = (24, 28, 3)

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lfcsr_jax.weights import state_dicts, vgg_weights
 from lfcsr_jax.models.vgg19 import VGG19Features, vgg_input
+from lfcsr_jax.weights import state_dicts, vgg_weights
 from tests.conftest import write_keras_legacy_h5
 
 _TORCHVISION_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",

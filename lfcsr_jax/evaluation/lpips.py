@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lfcsr_jax import paths
-from lfcsr_jax.weights import state_dicts
-from lfcsr_jax.paths import Path
 from lfcsr_jax.evaluation.metrics import MetricUnavailable
+from lfcsr_jax.paths import Path
+from lfcsr_jax.weights import state_dicts
 
 # torchvision alexnet().features: (index, out channels, kernel, stride, padding); ReLU after each,
 # max-pool 3/2 after the first two. LPIPS taps the ReLU after every conv.

@@ -21,9 +21,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from lfcsr_jax import paths
-from lfcsr_jax.paths import Path
 from lfcsr_jax.evaluation import diagnostics
 from lfcsr_jax.models import constraint
+from lfcsr_jax.paths import Path
 
 OBJECTIVE_ALIASES = ("Y'", "Yp", "objective", "Y_O")
 PERCEPTUAL_ALIASES = ("Y", "perceptual", "Y_P")

@@ -24,8 +24,8 @@ import numpy as np
 
 from lfcsr_jax import paths
 from lfcsr_jax.evaluation.metrics import format_metric
-from lfcsr_jax.paths import Path
 from lfcsr_jax.input import image_io
+from lfcsr_jax.paths import Path
 
 FILES = "report_files"
 

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from lfcsr_jax import paths
-from lfcsr_jax.paths import Path
 from lfcsr_jax.input import benchmarks, image_io
+from lfcsr_jax.paths import Path
 
 # Stripped repeatedly from the end of a lower-cased stem (after the SelfExSR `_srf_N_...` tail).
 _SUFFIXES = re.compile(r"(_x\d+|x\d+|_sr|_rlt|_out|_output|_hr)$")

@@ -15,9 +15,9 @@ from typing import Any, Sequence
 
 from lfcsr_jax import paths
 from lfcsr_jax.input import image_io
-from lfcsr_jax.paths import Path
 from lfcsr_jax.input.input_pipeline import (checked_pair, pair_key, pairs_from_folders,
-                                      pairs_from_hr_files)
+                                            pairs_from_hr_files)
+from lfcsr_jax.paths import Path
 
 # Benchmark folder names under a data root; B100 is BSD100's other name.
 _BENCHMARK_ALIASES = {"bsd100": ("BSD100", "B100", "bsd100", "b100"),

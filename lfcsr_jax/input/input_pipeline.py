@@ -33,8 +33,8 @@ import numpy as np
 from PIL import Image
 
 from lfcsr_jax import paths
-from lfcsr_jax.input import image_io
 from lfcsr_jax.configuration import INPUT_SOURCES
+from lfcsr_jax.input import image_io
 from lfcsr_jax.input.imresize import imresize, modcrop
 
 # scikit-image's bundled photos (no network). Validation photos are distinct scenes from training

@@ -46,9 +46,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from lfcsr_jax.training import losses, schedules
 from lfcsr_jax.models.constraint import constraint_transform
 from lfcsr_jax.models.generator import apply_generator
+from lfcsr_jax.training import losses, schedules
 from lfcsr_jax.training.train_state import Networks, TrainState
 from lfcsr_jax.training.updates import apply_update, batch_images, finish_step, prefixed
 

@@ -7,8 +7,8 @@ from typing import Any
 import jax
 import optax
 
-from lfcsr_jax.training import losses, schedules
 from lfcsr_jax.models.generator import apply_generator
+from lfcsr_jax.training import losses, schedules
 from lfcsr_jax.training.train_state import Networks, TrainState, generator_params
 from lfcsr_jax.training.updates import apply_update, batch_images, finish_step
 

@@ -21,16 +21,16 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lfcsr_jax import configuration, paths
-from lfcsr_jax.training import (checkpointing, loop, schedules, steps, train_logging, train_state,
-                                validation)
 # A configuration or input problem, reported as one clear line before any compute (main.py).
 from lfcsr_jax.errors import UserError
+from lfcsr_jax.input import input_pipeline
+from lfcsr_jax.models.generator import EXECUTION_FIELDS
+from lfcsr_jax.training import (checkpointing, loop, schedules, steps, train_logging, train_state,
+                                validation)
 # validate_config is also reached as train.validate_config (main, sweep, tests).
 from lfcsr_jax.training.config_checks import validate_config
 from lfcsr_jax.training.preemption import StopRequest
 from lfcsr_jax.weights import exports, vgg_weights
-from lfcsr_jax.input import input_pipeline
-from lfcsr_jax.models.generator import EXECUTION_FIELDS
 
 
 def phase_lengths(config: ml_collections.ConfigDict) -> dict[str, int]:

@@ -17,10 +17,10 @@ import ml_collections
 import optax
 
 from lfcsr_jax import configuration
-from lfcsr_jax.training import losses
-from lfcsr_jax.models.constraint import constraint_transform
 from lfcsr_jax.models import discriminator, generator, vgg19
+from lfcsr_jax.models.constraint import constraint_transform
 from lfcsr_jax.models.vgg19 import VGG19Weights
+from lfcsr_jax.training import losses
 
 Params = Any
 Metrics = dict[str, jax.Array]

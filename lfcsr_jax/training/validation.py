@@ -19,9 +19,9 @@ from absl import logging
 
 from lfcsr_jax import paths
 from lfcsr_jax.evaluation import lpips, metrics, report
-from lfcsr_jax.training import train_state
 from lfcsr_jax.input import imresize, input_pipeline
 from lfcsr_jax.models.generator import apply_generator
+from lfcsr_jax.training import train_state
 
 
 def best_metric_modes(config: ml_collections.ConfigDict) -> dict[str, str]:

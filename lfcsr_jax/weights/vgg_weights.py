@@ -27,8 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from lfcsr_jax import paths
-from lfcsr_jax.models.vgg19 import (INPUT_CONVENTIONS, VGG19_BLOCKS, VGG19_CONV_NAMES,
-                                    VGG19Weights)
+from lfcsr_jax.models.vgg19 import INPUT_CONVENTIONS, VGG19_BLOCKS, VGG19_CONV_NAMES, VGG19Weights
 from lfcsr_jax.weights.state_dicts import check_keys, load_state_dict, oihw_to_hwio
 
 Params = dict[str, dict[str, np.ndarray]]
