@@ -75,10 +75,12 @@ def test_alpha_ends_are_the_two_stages(model, lr_image):
     lr = lr_image.astype(np.float32)[None]
     y_o = objective.apply({"params": model.params["objective"]}, lr)
     y_p = perceptual.apply({"params": model.params["perceptual"]}, y_o)
+    # The bucketed (padded, masked) forward equals the exact one to float rounding: up to
+    # 1.8e-4 on the 0-255 scale for a random tiny model (docs/design.md section 8).
     np.testing.assert_allclose(super_resolve.super_resolve_array(model, lr_image, 1.0), y_o[0],
-                               atol=1e-4)
+                               atol=2e-4)
     np.testing.assert_allclose(super_resolve.super_resolve_array(model, lr_image, 0.0), y_p[0],
-                               atol=1e-4)
+                               atol=2e-4)
     assert np.abs(np.asarray(y_o) - np.asarray(y_p)).max() > 1.0  # the two ends really differ
 
 
