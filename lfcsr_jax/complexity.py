@@ -36,8 +36,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from lfcsr_jax import paths
-from lfcsr_jax.cli_errors import UserError, reports_user_errors
 from lfcsr_jax.configuration import load_config_file
+from lfcsr_jax.errors import UserError, reports_user_errors
 
 REFERENCE_MAC_PER_LR_PIXEL = {"objective": 16.41e6, "perceptual": 10.37e6}
 XLA_SCAN_NOTE = ("XLA cost analysis counts a scanned loop body once (HAN groups/RCABs and "

@@ -1,8 +1,8 @@
 """What a configuration may say and how a config file is read, in one place: the allowed values
 of every enum field, and the reader of a config file given as `path.py[:variant]`.
 
-`train.validate_config` is the one check of these values (it runs before any compute); the code
-that branches on a field imports its tuple from here rather than restating it.
+`training.config_checks.validate_config` is the one check of these values (it runs before any
+compute); the code that branches on a field imports its tuple from here rather than restating it.
 """
 
 from __future__ import annotations

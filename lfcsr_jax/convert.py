@@ -26,10 +26,10 @@ import jax
 import numpy as np
 
 from lfcsr_jax import paths
-from lfcsr_jax.cli_errors import UserError, reports_user_errors
 from lfcsr_jax.configuration import load_config_file
+from lfcsr_jax.errors import UserError, reports_user_errors
 from lfcsr_jax.models import generator
-from lfcsr_jax.state_dicts import load_state_dict
+from lfcsr_jax.weights.state_dicts import load_state_dict
 
 StateDict = Mapping[str, Any]
 Params = dict[str, Any]
@@ -271,15 +271,8 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- CLI
 
-def _same_location(a: paths.Path, b: paths.Path) -> bool:
-    """Local paths compare resolved (symlinks followed); URIs as normalised text."""
-    if paths.is_remote(a) or paths.is_remote(b):
-        return str(a) == str(b)
-    return a.resolve() == b.resolve()
-
-
 def _check_output(output: paths.Path, source: paths.Path) -> None:
-    if _same_location(output, source):
+    if paths.same_location(output, source):
         raise ConvertError(f"--output {output} is the input file; refusing to write over it")
     if output.exists():
         raise ConvertError(f"--output {output} already exists; refusing to overwrite it")
@@ -301,8 +294,8 @@ def convert_pdasr(
     output_dir: str | os.PathLike,
     config: str | os.PathLike = DEFAULT_CONFIG,
 ) -> paths.Path:
-    """Authors' checkpoint -> an lfcsr_jax export directory (checkpointing.save_export)."""
-    from lfcsr_jax import checkpointing
+    """Authors' checkpoint -> an lfcsr_jax export directory (exports.save_export)."""
+    from lfcsr_jax.weights import exports
 
     input_path, output_dir = paths.location(input_path), paths.location(output_dir)
     _check_output(output_dir, input_path)
@@ -311,12 +304,12 @@ def convert_pdasr(
     model_dict = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
     source = str(input_path) if paths.is_remote(input_path) else str(input_path.resolve())
     extra = {"converted_from": source, "converter": "lfcsr_jax.convert pdasr"}
-    return checkpointing.save_export(output_dir, params, model_dict, extra_info=extra)
+    return exports.save_export(output_dir, params, model_dict, extra_info=extra)
 
 
 def convert_vgg19(input_path: str | os.PathLike, output_path: str | os.PathLike) -> paths.Path:
-    """torchvision .pth or Keras .h5/.keras VGG19 -> our params file (via lfcsr_jax.vgg_weights)."""
-    from lfcsr_jax import vgg_weights  # Written separately; needed only by this command.
+    """torchvision .pth or Keras .h5/.keras VGG19 -> our params file (via lfcsr_jax.weights.vgg_weights)."""
+    from lfcsr_jax.weights import vgg_weights  # Written separately; needed only by this command.
 
     input_path, output_path = paths.location(input_path), paths.location(output_path)
     if output_path.suffix.lower() != ".npz":

@@ -34,9 +34,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lfcsr_jax import inference, metrics, paths
-from lfcsr_jax.paths import Path
-from lfcsr_jax.cli_errors import UserError, check_output_dir, reports_user_errors
+from lfcsr_jax import inference, paths
+from lfcsr_jax.errors import UserError, reports_user_errors
+from lfcsr_jax.evaluation import metrics
+from lfcsr_jax.paths import Path, check_output_dir
 
 DEFAULT_DATASETS = "Set5,Set14,BSD100,Urban100,Manga109"
 DEFAULT_ALPHAS = ",".join(f"{a / 10:g}" for a in range(11))
@@ -72,7 +73,7 @@ class MetricSuite:
         self._niqe = None
         if "lpips" in names:
             try:
-                from lfcsr_jax import lpips  # pylint: disable=import-outside-toplevel
+                from lfcsr_jax.evaluation import lpips  # pylint: disable=import-outside-toplevel
 
                 self._lpips = lpips.load_scorer(lpips_dir)
             except metrics.MetricUnavailable as e:
@@ -118,7 +119,7 @@ def load_dataset(data_dir: paths.PathLike, name: str, scale: int) -> list[dict[s
     exists but is incomplete or damaged (a missing LR file, a size mismatch, a truncated image).
     'hr_gray' is True when the HR file is single-channel (scored on gray levels, metrics.py).
     """
-    from lfcsr_jax import benchmarks  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import benchmarks  # pylint: disable=import-outside-toplevel
 
     try:
         directory = benchmarks.find_benchmark(paths.location(data_dir), name)
@@ -143,7 +144,7 @@ def _single_channel_names(directory: Path) -> set[str]:
     """Names (file stem, stem without _HR, index.csv canonical name) of 1-channel HR files."""
     from PIL import Image  # pylint: disable=import-outside-toplevel
 
-    from lfcsr_jax import benchmarks, image_io  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import benchmarks, image_io  # pylint: disable=import-outside-toplevel
 
     canonical = benchmarks.benchmark_names(directory)
     names: set[str] = set()
@@ -160,7 +161,7 @@ def _single_channel_names(directory: Path) -> set[str]:
 
 def bicubic_predictor(scale: int) -> Predictor:
     """MATLAB bicubic upscaling of the uint8 LR (uint8 in -> uint8 out, as in the papers' tables)."""
-    from lfcsr_jax.imresize import imresize  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input.imresize import imresize  # pylint: disable=import-outside-toplevel
 
     def predict(lr_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         up = imresize(lr_u8, scale).astype(np.float32)
@@ -217,7 +218,7 @@ def evaluate_images(predict: Predictor, images: Sequence[dict[str, Any]], alphas
             for alpha in alphas:
                 outputs[alpha_label(alpha)] = alpha * y_objective + (1.0 - alpha) * y_perceptual
             if diagnostics_dir is not None:
-                from lfcsr_jax import diagnostics  # pylint: disable=import-outside-toplevel
+                from lfcsr_jax.evaluation import (diagnostics)  # pylint: disable=import-outside-toplevel
 
                 diagnostics.save_image_diagnostics(item["name"], y_objective, y_perceptual,
                                                    item["hr"], diagnostics_dir)
@@ -243,7 +244,7 @@ def alpha_label(alpha: float) -> str:
 
 
 def _save_png(path: Path, img_u8: np.ndarray) -> None:
-    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import image_io  # pylint: disable=import-outside-toplevel
 
     image_io.write_png(path, img_u8)
 
@@ -288,7 +289,7 @@ def format_table(results: dict[str, Any], metric_names: Sequence[str]) -> str:
     lines = [header, "|" + "---|" * (3 + len(metric_names))]
     for dataset, result in results.items():
         for label, row in result["rows"].items():
-            cells = [_fmt(m, row.get(m)) for m in metric_names]
+            cells = [metrics.format_metric(m, row.get(m)) for m in metric_names]
             lines.append(f"| {dataset} | {_describe(label)} | {result['count']} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -296,12 +297,6 @@ def format_table(results: dict[str, Any], metric_names: Sequence[str]) -> str:
 
 def _describe(label: str) -> str:
     return {"alpha=1": "Y' (alpha=1)", "alpha=0": "Y (alpha=0)"}.get(label, label)
-
-
-def _fmt(metric: str, value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.2f}" if metric == "psnr" else f"{value:.4f}"
 
 
 def write_reports(output_dir: Path, results: dict[str, Any], suite: MetricSuite,
@@ -338,12 +333,12 @@ def _json_default(value: Any) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import image_io  # pylint: disable=import-outside-toplevel
 
     p = argparse.ArgumentParser(prog="python -m lfcsr_jax.evaluate",
                                 description=__doc__.split("\n")[0],
                                 epilog=image_io.ORIENTATION_NOTE)
-    p.add_argument("--checkpoint", default="", help="export directory (checkpointing.save_export)")
+    p.add_argument("--checkpoint", default="", help="export directory (exports.save_export)")
     p.add_argument("--model", default="lfcsr", choices=("lfcsr", "bicubic"),
                    help="'bicubic' evaluates MATLAB bicubic upscaling; no checkpoint needed")
     p.add_argument("--data_dir", required=True, help="folder holding <Set>/HR (+ LR_bicubic/X4)")
@@ -362,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, default=4)
     inference.add_flags(p)  # --dtype, --bucket, --xla_cache_dir
     p.add_argument("--max_images", type=int, default=0, help="first N images per set (0 = all)")
-    from lfcsr_jax import analyses  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.evaluation import analyses  # pylint: disable=import-outside-toplevel
 
     analyses.add_flags(p)  # --sr_dir, --interpolate, --lf_transform, --html, ...
     return p
@@ -416,9 +411,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if int(model_cfg.get("scale", args.scale)) != args.scale:
             raise UserError(f"the export is x{model_cfg['scale']}, --scale={args.scale}")
     info.update({"alphas": alphas, "metrics": suite.names, "scale": args.scale})
-    from lfcsr_jax import analyses  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.evaluation import analyses  # pylint: disable=import-outside-toplevel
 
-    extras = analyses.Extras.from_args(args, is_bicubic)
+    extras = analyses.Extras.from_args(args, is_bicubic, alphas)
     results, missing = {}, []
     output_dir = paths.location(args.output_dir) if args.output_dir else None
     save_root = output_dir / "images" if args.save_images and output_dir else None

@@ -3,13 +3,12 @@
 Thin on purpose (flax examples/imagenet/main.py): flags, keep TensorFlow off the accelerator,
 optional multi-host start-up, then one call into `train.train_and_evaluate`. User errors (an
 unknown `--config.x.y` override, a bad value, a --workdir that is a file) end with one
-`main: error: ...` line on stderr and exit status 2 (lfcsr_jax/cli_errors.py), before any compute.
+`main: error: ...` line on stderr and exit status 2 (lfcsr_jax/errors.py), before any compute.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import logging as logging_std
 import os
 import sys
@@ -17,7 +16,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lfcsr_jax import cli_errors
+from lfcsr_jax import configuration, errors, paths
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, samples and the export.")
@@ -36,7 +35,7 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if "://" not in FLAGS.workdir:  # local paths only; gs:// and the like are checked by writing
-        cli_errors.check_output_dir(FLAGS.workdir, "--workdir")
+        paths.check_output_dir(FLAGS.workdir, "--workdir")
     from lfcsr_jax import object_store
 
     object_store.check_locations([("--workdir", FLAGS.workdir, False),
@@ -51,7 +50,7 @@ def main(argv: list[str]) -> int:
     # TensorFlow only reads data; it must never grab GPU memory from JAX.
     tf.config.set_visible_devices([], "GPU")
 
-    from lfcsr_jax import train
+    from lfcsr_jax.training import train
 
     import jax
 
@@ -100,12 +99,8 @@ def check_config_overrides(argv: list[str]) -> None:
                  if a.startswith("--config.")]
     if spec is None or not overrides:
         return
-    path, _, variant = spec.partition(":")
     try:
-        module_spec = importlib.util.spec_from_file_location("_lfcsr_main_config", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        fields = _flat_fields(module.get_config(*([variant] if variant else [])).to_dict())
+        fields = _flat_fields(configuration.load_config_file(spec).to_dict())
     except Exception:  # noqa: BLE001 (absl reports a config file that does not load)
         return
     for field in overrides:
@@ -116,7 +111,7 @@ def check_config_overrides(argv: list[str]) -> None:
             siblings = [f for f in fields if f.rpartition(".")[0] == group]
             hint = (f"close matches: {', '.join(close)}" if close else
                     f"fields of {group or 'the config'}: {', '.join(siblings)}")
-            raise cli_errors.UserError(f"unknown config field {field} in --config.{field} "
+            raise errors.UserError(f"unknown config field {field} in --config.{field} "
                                        f"({hint})")
 
 
@@ -124,8 +119,8 @@ def run() -> None:
     try:
         check_config_overrides(sys.argv)
         app.run(main)
-    except cli_errors.UserError as error:  # train.UserError, CheckpointError, ...
-        cli_errors.exit_with("main", error)
+    except errors.UserError as error:  # train.UserError, CheckpointError, ...
+        errors.exit_with("main", error)
 
 
 if __name__ == "__main__":

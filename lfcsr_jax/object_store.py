@@ -22,7 +22,7 @@ import time
 import urllib.parse
 from typing import Any, Callable, Iterable, TypeVar
 
-from lfcsr_jax.cli_errors import UserError
+from lfcsr_jax.errors import UserError
 
 TIMEOUT_ENV = "LFCSR_GCS_CHECK_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 30.0

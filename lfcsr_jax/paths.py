@@ -12,7 +12,7 @@ What "atomic" means on each store (see `write_bytes_atomic`):
 - local: a temporary sibling, fsync, then `os.replace`; readers see the old or the new file.
 - gs://: a single-object upload becomes visible whole, on completion, or not at all, so one file
   is written in place. A folder cannot be renamed on GCS (a "rename" copies each object), so
-  folders are written in place with a completion marker written last (see checkpointing.py).
+  folders are written in place with a completion marker written last (see weights/exports.py).
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ import tempfile
 from typing import Union
 
 from etils import epath
+
+from lfcsr_jax import object_store
+from lfcsr_jax.errors import UserError
 
 Path = epath.Path
 PathLike = Union[str, os.PathLike]
@@ -52,8 +55,6 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> None:
     """Readers see the old file or the whole new one, never a part (see the module note)."""
     target = location(path)
     if is_remote(target):
-        from lfcsr_jax import object_store  # here: object_store -> cli_errors -> paths
-
         # One object upload, all or nothing, so a retry after a dropped connection is safe.
         object_store.retry_transient(lambda: target.write_bytes(data), f"upload of {target}")
         return
@@ -121,3 +122,87 @@ def file_identity(path: PathLike) -> tuple[str, int, int]:
     info = backend.fsspec_backend.fs(os.fspath(target)).info(os.fspath(target))
     version = info.get("generation") or target.stat().mtime
     return os.fspath(target), int(info.get("size") or 0), int(version)
+
+
+# ----------------------------------------------------------------------------- output locations
+
+
+def check_output_dir(path: PathLike, flag: str) -> Path:
+    """Fails now (before any compute) unless `path` is, or can be created as, a writable folder.
+
+    Creates no folder: walks up to the nearest existing ancestor, which must be a folder where a
+    file can be created (tested by creating and removing one).
+    On an object store (gs://) there are no folders to create and no write permission to probe
+    without writing; the checks are that no object has the name of the folder or of a folder
+    above it, and that the bucket exists.
+    """
+    shown = os.fspath(path)
+    out = location(path)
+    if is_remote(out):
+        try:
+            _check_remote_output_dir(out, shown, flag)
+        except UserError:
+            raise
+        except Exception as error:  # no credentials, no network: gcsfs raises its own types
+            raise UserError(f"{flag}={shown} cannot be checked ({type(error).__name__}: "
+                            f"{error})") from error
+        return out
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{flag}={shown} exists and is not a folder")
+    probe = out
+    while not probe.exists():
+        parent = probe.parent
+        if parent == probe:
+            break
+        probe = parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"{flag}={shown}: {probe} is a file, so no folder can be created below it")
+    _check_writable_by_writing(probe, shown, flag)
+    return out
+
+
+def _check_writable_by_writing(folder: Path, shown: str, flag: str) -> None:
+    """Creates and removes a small file in `folder`. os.access answers from the permission bits
+    and says yes to root on any folder, including read-only mounts and pseudo file systems
+    (/sys, /proc) where every write fails; only a write tells."""
+    try:
+        fd, probe_file = tempfile.mkstemp(prefix=".lfcsr-write-probe-", dir=os.fspath(folder))
+    except OSError as error:
+        raise UserError(f"{flag}={shown}: {folder} is not writable ({error.strerror or error}); "
+                        "choose a folder you can write to") from error
+    os.close(fd)
+    os.unlink(probe_file)
+
+
+def _check_remote_output_dir(out: Path, shown: str, flag: str) -> None:
+    """An object named like the folder or a folder above it would hide what is written below;
+    a missing bucket would fail only at the first write, after the compute."""
+    if out.is_file():
+        raise UserError(f"{flag}={shown} exists and is not a folder")
+    bucket = bucket_of(out)
+    probe = out.parent
+    while len(os.fspath(probe)) > len(os.fspath(bucket)):
+        if probe.is_file():
+            raise UserError(f"{flag}={shown}: {probe} is a file, so no folder can be created "
+                            "below it")
+        probe = probe.parent
+    if not bucket.exists():
+        raise UserError(f"{flag}={shown}: bucket {bucket} does not exist or is not readable")
+
+
+def bucket_of(path: PathLike) -> Path:
+    """gs://bucket of gs://bucket/a/b (the URI's scheme and first component)."""
+    scheme, _, rest = os.fspath(path).partition("://")
+    return Path(f"{scheme}://{rest.split('/', 1)[0]}")
+
+
+def same_location(a: PathLike, b: PathLike) -> bool:
+    """Whether two user-given locations name the same file or folder (an output that would
+    overwrite an input). Local: file identity (a symlink or hard link counts), else the resolved
+    paths; URIs: the normalised strings (an object store has no links)."""
+    if is_remote(a) or is_remote(b):
+        return os.fspath(location(a)) == os.fspath(location(b))
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)

@@ -5,7 +5,7 @@
       [--bucket=32] [--batch=0] [--memory_budget=] [--xla_cache_dir=] [--format=png|npy]
       [--fail_fast]
 
-Speed (lfcsr_jax/inference.py): the compute dtype defaults to bfloat16 on GPU/TPU and float32 on
+Speed (lfcsr_jax/inference/): the compute dtype defaults to bfloat16 on GPU/TPU and float32 on
 CPU; images run padded to a few bucketed shapes with the padding masked out exactly (the output
 equals the unpadded forward to float rounding), so a folder of many sizes compiles a few
 programs; same-bucket images run --batch at a time (bounded by free memory); reads and PNG
@@ -63,7 +63,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from lfcsr_jax import inference, paths
-from lfcsr_jax.cli_errors import check_output_dir, reports_user_errors, same_location
+from lfcsr_jax.errors import reports_user_errors
+from lfcsr_jax.paths import check_output_dir, same_location
 
 Path = paths.Path  # every input and output location, local or gs://
 
@@ -175,7 +176,7 @@ def super_resolve_array(model: LoadedModel, lr_hxwx3: np.ndarray, alpha: float =
 
 def collect_inputs(inputs: Sequence[str]) -> list[Path]:
     """Image files named directly or found (by suffix) in the given folders (local or gs://)."""
-    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import image_io  # pylint: disable=import-outside-toplevel
 
     files: list[Path] = []
     for item in inputs:
@@ -277,7 +278,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
 def write_output(path: str | os.PathLike, sr_hxwx3: np.ndarray, fmt: str) -> None:
     from PIL import Image  # pylint: disable=import-outside-toplevel
 
-    from lfcsr_jax import metrics  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.evaluation import metrics  # pylint: disable=import-outside-toplevel
 
     if fmt == "npy":
         data = np.asarray(sr_hxwx3, dtype=np.float32)
@@ -288,7 +289,7 @@ def write_output(path: str | os.PathLike, sr_hxwx3: np.ndarray, fmt: str) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import image_io  # pylint: disable=import-outside-toplevel
 
     p = argparse.ArgumentParser(prog="python -m lfcsr_jax.super_resolve",
                                 description="Super-resolve images with an LFc-SR export.",
@@ -324,7 +325,7 @@ BIG_INPUT_BYTES = 2 ** 30  # with no memory figure at all, estimates above this 
 
 
 def _read(source: Path) -> tuple[np.ndarray | None, str]:
-    from lfcsr_jax import image_io  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.input import image_io  # pylint: disable=import-outside-toplevel
 
     try:
         return image_io.read_image(source), ""

@@ -18,34 +18,26 @@ on PSNR vs LPIPS/NIQE) and DIR/lf_mae_<dataset>.png (LF-MAE |T(Y) - T(Y')| again
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import contextlib
 import json
-import math
 import re
-import sys
-from pathlib import Path
 from typing import Any, Sequence
 
-from lfcsr_jax import paths
+from lfcsr_jax import configuration, paths
+from lfcsr_jax.errors import UserError, reports_user_errors
+from lfcsr_jax.evaluation import metrics
 
 
-class SweepError(ValueError):
+class SweepError(UserError):
     """A bad --config, --values or --set."""
 
 
 def load_config(spec: str):
     """'configs/file.py[:arg]' -> the ConfigDict of its get_config(arg)."""
-    path_text, _, arg = spec.partition(":")
-    path = Path(path_text).resolve()
-    if not path.is_file():
-        raise SweepError(f"--config: {path} not found")
-    root = str(path.parent.parent)  # so `from configs import x4` resolves
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    module_spec = importlib.util.spec_from_file_location(f"_sweep_cfg_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    try:
+        return configuration.load_config_file(spec)
+    except FileNotFoundError as error:
+        raise SweepError(f"--config: {error}") from error
 
 
 def _convert(text: str, current: Any, field: str) -> Any:
@@ -78,17 +70,9 @@ def set_field(config, field: str, text: str) -> Any:
     if leaf not in node:
         raise SweepError(f"unknown config field {field!r}")
     value = _convert(text, node[leaf], field)
-    with config.unlocked() if hasattr(config, "unlocked") else _nullcontext():
+    with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
         node[leaf] = value
     return value
-
-
-class _nullcontext:  # pylint: disable=invalid-name
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def parse_values(spec: str) -> tuple[str, list[str]]:
@@ -108,7 +92,7 @@ def train_setting(config, directory: paths.Path) -> None:
     if (directory / "export" / "config.json").is_file() and (directory / "summary.json").is_file():
         print(f"[sweep] {directory.name}: trained, skipping", flush=True)
         return
-    from lfcsr_jax import train  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.training import train  # pylint: disable=import-outside-toplevel
 
     print(f"[sweep] {directory.name}: training in {directory}", flush=True)
     train.validate_config(config)
@@ -140,7 +124,7 @@ def _numeric(values: Sequence[Any]) -> bool:
 def write_outputs(workdir: paths.Path, field: str,
                   settings: list[dict[str, Any]]) -> list[paths.Path]:
     """sweep_table.md, sweep.json and the figures; returns the written paths."""
-    from lfcsr_jax import diagnostics, pd_plane  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.evaluation import (diagnostics, pd_plane)  # pylint: disable=import-outside-toplevel
 
     metric_names = settings[0]["results"]["info"]["metrics"]
     datasets = list(settings[0]["results"]["results"])
@@ -150,7 +134,7 @@ def write_outputs(workdir: paths.Path, field: str,
     for s in settings:
         for d in datasets:
             res = s["results"]["results"][d]
-            cells = [_fmt(m, res["rows"].get(label, {}).get(m))
+            cells = [metrics.format_metric(m, res["rows"].get(label, {}).get(m))
                      for label in ("alpha=1", "alpha=0") for m in metric_names]
             lf = res.get("lf_mae")
             lines.append(f"| {s['value']} | {d} | " + " | ".join(cells)
@@ -207,12 +191,6 @@ def write_outputs(workdir: paths.Path, field: str,
             plt.close(fig)
             written.append(workdir / f"lf_mae_{d}.png")
     return written
-
-
-def _fmt(metric: str, value: Any) -> str:
-    if not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.2f}" if metric == "psnr" else f"{value:.4f}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,11 +255,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"settings": settings, "files": files}
 
 
+@reports_user_errors("sweep")
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
-    from lfcsr_jax.cli_errors import reports_user_errors
+    from lfcsr_jax import runtime
 
-    reports_user_errors("sweep")(main)()
+    runtime.configure()  # GPU runtime settings, before the JAX backend starts (as every program)
+    main()

@@ -1,4 +1,4 @@
-"""Tests of the PD-ADMM machinery (lfcsr_jax.admm) with tiny stand-in networks.
+"""Tests of the PD-ADMM machinery (lfcsr_jax.training.admm) with tiny stand-in networks.
 
 The stand-ins have the call signatures of the real modules (models/*.py), so every test runs the
 real step functions; only the sizes (and, for the closed-form problems, the loss functions and
@@ -18,8 +18,9 @@ import optax
 import pytest
 
 from configs import x4
-from lfcsr_jax import admm, constraint, losses, pretrain, train_state, wavelets
+from lfcsr_jax.models import constraint, wavelets
 from lfcsr_jax.models.vgg19 import vgg_input
+from lfcsr_jax.training import admm, losses, pretrain, train_state
 
 SCALE = 4
 
@@ -527,7 +528,7 @@ def test_one_and_four_devices_agree():
 
 # ----------------------------------------------------------------------------- schedules
 def test_paper_schedules_in_steps():
-    from lfcsr_jax import schedules
+    from lfcsr_jax.training import schedules
 
     config = x4.get_config()
     assert schedules.epochs_to_steps(config, 20) == 20_000

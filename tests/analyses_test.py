@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfcsr_jax import evaluate, image_io, metrics, pd_plane, sources, super_resolve
-from lfcsr_jax.imresize import imresize
-from tests.super_resolve_test import make_tiny_export
+from lfcsr_jax import evaluate, super_resolve
+from lfcsr_jax.evaluation import metrics, pd_plane, sources
+from lfcsr_jax.input import image_io
+from lfcsr_jax.input.imresize import imresize
+from tests.conftest import make_tiny_export
 
 # Bicubic outputs saved under other methods' naming styles: (folder layout, file name pattern).
 STYLES = {

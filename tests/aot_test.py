@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Kernels per execution, tiny config, bf16, batch 4 (lfcsr_jax/compiled_counts.py).
+# Kernels per execution, tiny config, bf16, batch 4 (lfcsr_jax/perf/compiled_counts.py).
 TINY_KERNEL_CEILINGS = {"pretrain": 500, "admm": 1036, "inference_32x32": 116}
 
 

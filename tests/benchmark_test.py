@@ -30,7 +30,7 @@ def test_benchmark_prints_one_json_line_on_tiny_config():
         assert "error" not in row, row.get("error")
         for key in ("admm_step_ms", "pretrain_step_ms", "admm_compile_s", "inference_ms"):
             assert row[key] > 0, key
-        # The real training loop (lfcsr_jax.loop.TrainLoop) ran next to the bare step.
+        # The real training loop (lfcsr_jax.training.loop.TrainLoop) ran next to the bare step.
         for key in ("admm_loop_ms", "pretrain_loop_ms", "admm_bare_back_to_back_ms"):
             assert row[key] > 0, key
     assert "xla_gpu_enable_command_buffer" in summary["xla_flags"]  # runtime.py applied
@@ -71,7 +71,7 @@ def _one_admm_step(dtype: str) -> dict[str, float]:
     import numpy as np
 
     from configs import x4
-    from lfcsr_jax import admm, train_state
+    from lfcsr_jax.training import admm, train_state
 
     config = x4.get_config("tiny")
     config.model.dtype = dtype

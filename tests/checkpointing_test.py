@@ -1,4 +1,5 @@
-"""The generator export format and the training checkpoint manager."""
+"""The training checkpoint manager (training/checkpointing.py): last and best saves, damaged
+saves set aside, checksums verified on restore."""
 
 from __future__ import annotations
 
@@ -8,45 +9,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from lfcsr_jax import checkpointing
-
-
-def _params(seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    return {"objective": {"conv": {"kernel": rng.standard_normal((3, 3, 3, 4)).astype(np.float32)}},
-            "perceptual": {"gamma": np.float32(0.25) * np.ones((), np.float32)}}
-
-
-def test_export_round_trip(tmp_path):
-    target = checkpointing.save_export(tmp_path / "export", _params(), {"scale": 4, "rgb_mean": (1, 2, 3)},
-                                       extra_info={"step": 7})
-    model_cfg, params = checkpointing.load_export(target)
-    assert model_cfg == {"scale": 4, "rgb_mean": [1, 2, 3]}
-    np.testing.assert_array_equal(params["objective"]["conv"]["kernel"],
-                                  _params()["objective"]["conv"]["kernel"])
-    assert json.loads((target / "config.json").read_text())["step"] == 7
-    # No staging folder is left beside the export.
-    assert [p.name for p in tmp_path.iterdir()] == ["export"]
-
-
-def test_export_refuses_overwrite_and_bad_trees(tmp_path):
-    checkpointing.save_export(tmp_path / "e", _params(), {})
-    with pytest.raises(checkpointing.CheckpointError, match="already exists"):
-        checkpointing.save_export(tmp_path / "e", _params(1), {})
-    with pytest.raises(checkpointing.CheckpointError, match="missing"):
-        checkpointing.save_export(tmp_path / "f", {"objective": {}}, {})
-    assert not (tmp_path / "f").exists()
-
-
-def test_load_export_errors_name_the_path(tmp_path):
-    with pytest.raises(checkpointing.CheckpointError, match="no such export"):
-        checkpointing.load_export(tmp_path / "missing")
-    (tmp_path / "x").mkdir()
-    with pytest.raises(checkpointing.CheckpointError, match="no config.json"):
-        checkpointing.load_export(tmp_path / "x")
-    (tmp_path / "x" / "config.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(checkpointing.CheckpointError, match="format"):
-        checkpointing.load_export(tmp_path / "x")
+from lfcsr_jax.training import checkpointing
+from tests.conftest import flip_bytes
 
 
 def test_train_checkpoints_keep_last_and_best(tmp_path):
@@ -94,16 +58,9 @@ def _data_files(step_dir):
                    and p.parent.name == "d"), key=lambda p: p.stat().st_size)
 
 
-def _flip_bytes(path) -> None:
-    data = bytearray(path.read_bytes())
-    for i in range(len(data) // 3, len(data) // 3 + 8):
-        data[i] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 def _damage_flipped_data(step_dir) -> None:
     for path in _data_files(step_dir):
-        _flip_bytes(path)
+        flip_bytes(path)
 
 
 def _damage_silently(step_dir) -> None:
@@ -209,54 +166,3 @@ def test_checkpoint_without_checksums_restores_with_a_log_line(tmp_path, caplog)
     np.testing.assert_array_equal(state["w"], _state(1)["w"])
     assert any("unverified" in r.getMessage() for r in caplog.records)
     manager.close()
-
-
-def test_checksums_depend_on_values_dtype_and_shape():
-    x = np.arange(6, dtype=np.float32)
-    digest = checkpointing.array_checksum(x)
-    assert checkpointing.array_checksum(x.copy()) == digest
-    assert checkpointing.array_checksum(x.reshape(2, 3)) != digest
-    assert checkpointing.array_checksum(x.view(np.int32)) != digest
-    y = x.copy()
-    y[3] = np.nextafter(y[3], np.float32(10))  # one ulp
-    assert checkpointing.array_checksum(y) != digest
-    import ml_dtypes  # most float8 types share numpy's dtype.str '<V1': the name tells them apart
-
-    raw = np.arange(4, dtype=np.uint8)
-    assert (checkpointing.array_checksum(raw.view(ml_dtypes.float8_e4m3fn))
-            != checkpointing.array_checksum(raw.view(ml_dtypes.float8_e4m3fnuz)))
-    half = np.ones((4,), np.float16)
-    entry = checkpointing.tree_checksums({"w": half.view(ml_dtypes.bfloat16)})["leaves"]["['w']"]
-    assert entry["dtype"] == "bfloat16" and entry["shape"] == [4]
-
-
-def test_damaged_export_names_the_file(tmp_path):
-    target = checkpointing.save_export(tmp_path / "export", _params(), {})
-    info = json.loads((target / "config.json").read_text())
-    key = next(iter(info["checksums"]["leaves"]))
-    info["checksums"]["leaves"][key]["sha256"] = "0" * 64  # what a changed array would give
-    (target / "config.json").write_text(json.dumps(info))
-    with pytest.raises(checkpointing.CheckpointError,
-                       match=r"export/params: checksum mismatch in .*config.json"):
-        checkpointing.load_export(target)
-
-
-def test_export_with_flipped_data_bytes_is_refused(tmp_path):
-    target = checkpointing.save_export(tmp_path / "export", _params(), {})
-    for path in sorted(pathlib.Path(target / "params").rglob("*")):
-        if path.is_file() and path.parent.name == "d":
-            _flip_bytes(path)
-    with pytest.raises(checkpointing.CheckpointError, match="export/params"):
-        checkpointing.load_export(target)
-
-
-def test_export_without_checksums_loads_with_a_log_line(tmp_path, caplog):
-    target = checkpointing.save_export(tmp_path / "export", _params(), {})
-    info = json.loads((target / "config.json").read_text())
-    del info["checksums"]  # an export from before checksums
-    (target / "config.json").write_text(json.dumps(info))
-    with caplog.at_level("WARNING"):
-        _, params = checkpointing.load_export(target)
-    np.testing.assert_array_equal(params["objective"]["conv"]["kernel"],
-                                  _params()["objective"]["conv"]["kernel"])
-    assert any("unverified" in r.getMessage() for r in caplog.records)

@@ -1,6 +1,6 @@
 """compiled_counts on hand-written HLO and thunk texts, where every expected count is by hand."""
 
-from lfcsr_jax import compiled_counts as cc
+from lfcsr_jax.perf import compiled_counts as cc
 
 # ENTRY: one fusion, a while of 5 iterations (body: a dynamic-slice fusion, a cuDNN forward conv,
 # an add fusion; condition: a compare fusion), a copy, and a conditional whose larger branch has

@@ -13,7 +13,9 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from configs import x4  # noqa: E402
-from lfcsr_jax import checkpointing, convert, state_dicts  # noqa: E402
+from lfcsr_jax import convert
+from lfcsr_jax.weights import exports
+from lfcsr_jax.weights import state_dicts  # noqa: E402
 from lfcsr_jax.models import build_lfcsr  # noqa: E402
 
 # ----------------------------------------------------------------------------- the torch statement
@@ -344,7 +346,7 @@ def test_cli_pdasr_round_trip_through_an_export(tmp_path):
     args = ["pdasr", "--input", str(tmp_path / "model.npz"), "--output", str(export_dir),
             "--config", f"{convert.DEFAULT_CONFIG}:tiny"]
     assert convert.main(args) == 0
-    model_cfg, params = checkpointing.load_export(export_dir)
+    model_cfg, params = exports.load_export(export_dir)
     assert model_cfg["han_features"] == 8 and model_cfg["clique_growth"] == 4
     want = convert.pdasr_params_from_state_dict(state_dict, x4.get_config("tiny").model)
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, want)
@@ -358,7 +360,7 @@ def test_cli_pdasr_round_trip_through_an_export(tmp_path):
 
 
 def test_cli_vgg19_torchvision_round_trip(tmp_path):
-    from lfcsr_jax import vgg_weights
+    from lfcsr_jax.weights import vgg_weights
 
     rng = np.random.default_rng(0)
     state_dict = {}

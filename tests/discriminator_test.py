@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lfcsr_jax.models.discriminator import Discriminator
-from lfcsr_jax.discriminator_weights import discriminator_params_from_state_dict
+from lfcsr_jax.weights.discriminator_weights import discriminator_params_from_state_dict
 
 
 def _count(tree) -> int:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfcsr_jax import evaluate, metrics, super_resolve
-from tests.super_resolve_test import make_tiny_export
+from lfcsr_jax import evaluate, super_resolve
+from lfcsr_jax.evaluation import metrics
+from tests.conftest import make_tiny_export
 
 # (PSNR, SSIM) of bicubic x4 printed by every SR paper (docs/design.md section 8).
 PUBLISHED_BICUBIC = {"Set5": (28.42, 0.8104), "Set14": (26.00, 0.7027), "BSD100": (25.96, 0.6675)}

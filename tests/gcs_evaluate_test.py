@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfcsr_jax import cli_errors, evaluate, lpips, metrics, paths, sources
-from tests.super_resolve_test import make_tiny_export
+from lfcsr_jax import errors, evaluate, paths
+from lfcsr_jax.evaluation import lpips, metrics, sources
+from tests.conftest import make_tiny_export
 
 HR_CROP = 64  # HR pixels kept per side (LR: HR_CROP / 4)
 
@@ -125,18 +126,18 @@ def test_evaluate_on_gcs_matches_local_run(shared_data, tmp_path, gcs_root):
 
 def test_output_dir_checks_on_gcs(gcs_root):
     paths.location(f"{gcs_root}/taken").write_text("an object, not a folder")
-    with pytest.raises(cli_errors.UserError, match="exists and is not a folder"):
-        cli_errors.check_output_dir(f"{gcs_root}/taken", "--output_dir")
-    with pytest.raises(cli_errors.UserError, match="is a file"):
-        cli_errors.check_output_dir(f"{gcs_root}/taken/below", "--output_dir")
-    with pytest.raises(cli_errors.UserError, match="bucket gs://no-such-bucket-h1"):
-        cli_errors.check_output_dir("gs://no-such-bucket-h1/out", "--output_dir")
-    fresh = cli_errors.check_output_dir(f"{gcs_root}/new/eval/", "--output_dir")
+    with pytest.raises(errors.UserError, match="exists and is not a folder"):
+        paths.check_output_dir(f"{gcs_root}/taken", "--output_dir")
+    with pytest.raises(errors.UserError, match="is a file"):
+        paths.check_output_dir(f"{gcs_root}/taken/below", "--output_dir")
+    with pytest.raises(errors.UserError, match="bucket gs://no-such-bucket-h1"):
+        paths.check_output_dir("gs://no-such-bucket-h1/out", "--output_dir")
+    fresh = paths.check_output_dir(f"{gcs_root}/new/eval/", "--output_dir")
     assert os.fspath(fresh) == f"{gcs_root}/new/eval" and not fresh.exists()  # nothing created
     with pytest.raises(SystemExit, match="exists and is not a folder"):  # before any scoring
         evaluate.main(["--model=bicubic", f"--data_dir={gcs_root}", f"--output_dir={gcs_root}/taken"])
-    assert cli_errors.same_location(f"{gcs_root}/a/", f"{gcs_root}/a")
-    assert not cli_errors.same_location(f"{gcs_root}/a", f"{gcs_root}/b")
+    assert paths.same_location(f"{gcs_root}/a/", f"{gcs_root}/a")
+    assert not paths.same_location(f"{gcs_root}/a", f"{gcs_root}/b")
 
 
 def test_sr_dir_missing_on_gcs_is_named(gcs_root):

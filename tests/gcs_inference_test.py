@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfcsr_jax import checkpointing, convert, image_io, inference, paths, state_dicts, super_resolve
-from lfcsr_jax import vgg_weights
-# Compile time dominates these tiny forwards on a busy CPU: the same autouse fixture.
-from tests.inference_test import _fast_compiles  # noqa: F401
-from tests.super_resolve_test import make_tiny_export
+from lfcsr_jax import convert, inference, paths, super_resolve
+from lfcsr_jax.input import image_io
+from lfcsr_jax.weights import exports, state_dicts, vgg_weights
+from tests.conftest import make_tiny_export
+
+# Compile time dominates these tiny forwards on a busy CPU (conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def _png16_rgb(x_HxWx3: np.ndarray) -> bytes:
@@ -145,7 +147,7 @@ def test_convert_pdasr_from_gcs(tmp_path, gcs_root):
     args = ["pdasr", "--input", f"{gcs_root}/model.npz", "--output", str(tmp_path / "export"),
             "--config", f"{convert.DEFAULT_CONFIG}:tiny"]
     assert convert.main(args) == 0
-    model_cfg, params = checkpointing.load_export(tmp_path / "export")
+    model_cfg, params = exports.load_export(tmp_path / "export")
     assert model_cfg["han_features"] == 8
     want = convert.pdasr_params_from_state_dict(state_dict, x4.get_config("tiny").model)
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, want)
@@ -183,7 +185,7 @@ def test_state_dicts_and_keras_files_read_from_gcs(tmp_path, gcs_root):
     torch = pytest.importorskip("torch")
     from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
 
-    from tests.vgg19_test import _write_keras_legacy_h5  # pylint: disable=import-outside-toplevel
+    from tests.conftest import write_keras_legacy_h5  # pylint: disable=import-outside-toplevel
 
     rng = np.random.default_rng(1)
     arrays = {"a.weight": rng.standard_normal((4, 3, 3, 3), dtype=np.float32),
@@ -196,7 +198,7 @@ def test_state_dicts_and_keras_files_read_from_gcs(tmp_path, gcs_root):
     layers = {vgg_weights._keras_layer_name(n): (rng.standard_normal((3, 3, 2, 2)),  # pylint: disable=protected-access
                                                  rng.standard_normal(2))
               for n in vgg_weights.VGG19_CONV_NAMES}
-    _write_keras_legacy_h5(tmp_path / "k.h5", layers)
+    write_keras_legacy_h5(tmp_path / "k.h5", layers)
     _upload(tmp_path, gcs_root)
     for name in ("w.pth", "w.npz", "w.safetensors"):
         remote = state_dicts.load_state_dict(f"{gcs_root}/{name}")

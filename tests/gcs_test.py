@@ -13,7 +13,9 @@ import json
 import numpy as np
 import pytest
 
-from lfcsr_jax import checkpointing, paths
+from lfcsr_jax import paths
+from lfcsr_jax.training import checkpointing
+from lfcsr_jax.weights import exports
 
 
 def test_location_keeps_uris_and_makes_local_paths_absolute(tmp_path, monkeypatch):
@@ -45,33 +47,33 @@ def test_atomic_write_and_read_back_on_gcs(gcs_root):
 def _generator_tree(seed: int) -> dict:
     rng = np.random.default_rng(seed)
     return {name: {"conv": {"kernel": rng.normal(size=(3, 3, 2, 4)).astype(np.float32)}}
-            for name in checkpointing.GENERATOR_KEYS}
+            for name in exports.GENERATOR_KEYS}
 
 
 def test_export_round_trip_and_replacement_on_gcs(gcs_root):
     export = f"{gcs_root}/export"
-    checkpointing.save_export(export, _generator_tree(0), {"n_feats": 4})
-    model, params = checkpointing.load_export(export)
+    exports.save_export(export, _generator_tree(0), {"n_feats": 4})
+    model, params = exports.load_export(export)
     assert model == {"n_feats": 4}
     np.testing.assert_array_equal(params["objective"]["conv"]["kernel"],
                                   _generator_tree(0)["objective"]["conv"]["kernel"])
     with pytest.raises(checkpointing.CheckpointError, match="already exists"):
-        checkpointing.save_export(export, _generator_tree(1), {"n_feats": 4})
-    checkpointing.save_export(export, _generator_tree(1), {"n_feats": 8}, overwrite=True)
-    model, params = checkpointing.load_export(export)
+        exports.save_export(export, _generator_tree(1), {"n_feats": 4})
+    exports.save_export(export, _generator_tree(1), {"n_feats": 8}, overwrite=True)
+    model, params = exports.load_export(export)
     assert model == {"n_feats": 8}
     np.testing.assert_array_equal(params["perceptual"]["conv"]["kernel"],
                                   _generator_tree(1)["perceptual"]["conv"]["kernel"])
     info = json.loads(paths.location(export).joinpath("config.json").read_text())
-    assert info["format"] == checkpointing.EXPORT_FORMAT
+    assert info["format"] == exports.EXPORT_FORMAT
 
 
 def test_export_without_its_marker_is_refused_on_gcs(gcs_root):
     export = paths.location(f"{gcs_root}/export")
-    checkpointing.save_export(export, _generator_tree(0), {"n_feats": 4})
+    exports.save_export(export, _generator_tree(0), {"n_feats": 4})
     (export / "config.json").unlink()  # what a reader sees mid-replacement or after a crash
     with pytest.raises(checkpointing.CheckpointError, match="no config.json"):
-        checkpointing.load_export(export)
+        exports.load_export(export)
 
 
 def test_damaged_checkpoint_on_gcs_is_set_aside(gcs_root):

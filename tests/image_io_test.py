@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from lfcsr_jax import image_io
+from lfcsr_jax.input import image_io
 
 
 def _gray(h: int = 6, w: int = 5) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfcsr_jax.imresize import imresize, imresize_jax, modcrop, weight_matrix
+from lfcsr_jax.input.imresize import imresize, imresize_jax, modcrop, weight_matrix
 
 # Keys cubic (a = -0.5) at distances 1.75, 0.75, 0.25, 1.25, by hand:
 #   |d| in (1, 2]: -0.5|d|^3 + 2.5|d|^2 - 4|d| + 2;  |d| <= 1: 1.5|d|^3 - 2.5|d|^2 + 1.

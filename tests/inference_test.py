@@ -14,19 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfcsr_jax import image_io, inference, super_resolve
-from tests.super_resolve_test import TINY_MODEL, make_tiny_export
+from lfcsr_jax import inference, super_resolve
+from lfcsr_jax.input import image_io
+from tests.conftest import TINY_MODEL, make_tiny_export
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    """Compile time dominates these tiny forwards on a busy CPU."""
-    before = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 @pytest.fixture(scope="module")

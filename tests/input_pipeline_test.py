@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from configs.x4 import get_config
-from lfcsr_jax import benchmarks, image_io, input_pipeline
-from lfcsr_jax.imresize import imresize, modcrop
+from lfcsr_jax.input import benchmarks, image_io, input_pipeline
+from lfcsr_jax.input.imresize import imresize, modcrop
 
 
 def _photo(seed: int, height: int, width: int) -> np.ndarray:

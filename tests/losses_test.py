@@ -1,4 +1,4 @@
-"""Tests of lfcsr_jax.losses against float64 numpy restatements, hand cases and the authors' outputs."""
+"""Tests of lfcsr_jax.training.losses against float64 numpy restatements, hand cases and the authors' outputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lfcsr_jax import losses
+from lfcsr_jax.training import losses
 
 
 def _contextual_loss_float64(x_BxhxwxC: np.ndarray, y_BxhxwxC: np.ndarray, h: float = 0.1) -> float:

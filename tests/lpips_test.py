@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lfcsr_jax import lpips as lpips_lib
-from lfcsr_jax.metrics import MetricUnavailable
+from lfcsr_jax.evaluation import lpips as lpips_lib
+from lfcsr_jax.evaluation.metrics import MetricUnavailable
 
 
 def _torch_lpips(torch, state_dict, heads, img0_u8, img1_u8):

@@ -10,7 +10,7 @@ import pytest
 import skimage.data
 import skimage.metrics
 
-from lfcsr_jax import metrics
+from lfcsr_jax.evaluation import metrics
 
 
 def test_quantize_clips_and_rounds():
@@ -144,7 +144,7 @@ def test_niqe_matches_loop_restatement(niqe_params):
 
 
 def test_niqe_matches_matlab_on_baboon(shared_data, niqe_params):
-    from lfcsr_jax.image_io import read_image
+    from lfcsr_jax.input.image_io import read_image
 
     # BasicSR documents MATLAB R2021a niqe = 5.7296 for baboon.png (Y channel, no crop); Set14
     # img_001 is baboon (index.csv).

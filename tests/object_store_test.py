@@ -158,13 +158,16 @@ def test_every_program_checks_before_any_work(gcs_root, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"{prog}: error: ") and missing in err[0], err
         assert "no such file or folder" in err[0]
-    with pytest.raises(object_store.ObjectStoreError, match="--data_dir=.*no such file or folder"):
-        sweep.main(["--config=configs/x4.py:tiny", "--values=admm.lambda_r=0",
-                    f"--workdir={tmp_path / 'sweep'}", f"--data_dir={missing}"])
-    with pytest.raises(object_store.ObjectStoreError,
-                       match="--config.train.init_checkpoint=.*no such file or folder"):
-        sweep.main(["--config=configs/x4.py:tiny", "--values=admm.lambda_r=0",
-                    f"--set=train.init_checkpoint={missing}", f"--workdir={tmp_path / 'sweep'}"])
+    # sweep reports user errors in one line and exits 2, as the other programs do.
+    for flag, argv in (("--data_dir", f"--data_dir={missing}"),
+                       ("--config.train.init_checkpoint", f"--set=train.init_checkpoint={missing}")):
+        needle = f"^sweep: error: {flag}=.*no such file or folder"
+        with pytest.raises(SystemExit, match=needle) as caught:
+            sweep.main(["--config=configs/x4.py:tiny", "--values=admm.lambda_r=0",
+                        f"--workdir={tmp_path / 'sweep'}", argv])
+        assert caught.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("sweep: error: ") and missing in err[0], err
     assert not (tmp_path / "sweep").exists()  # nothing created, nothing trained
 
 

@@ -1,4 +1,4 @@
-"""Primitive counts of the training steps (lfcsr_jax/op_counts.py): the counting rules on hand-made
+"""Primitive counts of the training steps (lfcsr_jax/perf/op_counts.py): the counting rules on hand-made
 programs, and a ceiling on the paper model's counts so that a change that adds kernels to the
 step fails here, without a GPU (tools/PERF_NOTES.md has the before/after figures)."""
 
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from lfcsr_jax import op_counts
+from lfcsr_jax.perf import op_counts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

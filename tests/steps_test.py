@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from configs import x4
-from lfcsr_jax import pretrain, train_state
 from lfcsr_jax.models import generator
+from lfcsr_jax.training import pretrain, train_state
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +81,7 @@ def test_execution_fields_are_known_to_the_export_check():
 
 
 def test_pretraining_runs_the_generators_without_block_loops_and_admm_with_them():
-    from lfcsr_jax import steps
+    from lfcsr_jax.training import steps
 
     config = x4.get_config("tiny")
     networks = train_state.make_networks(config)

@@ -7,30 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfcsr_jax import checkpointing, super_resolve
+from lfcsr_jax import super_resolve
 from lfcsr_jax.models import generator
+from lfcsr_jax.weights import exports
+from tests.conftest import TINY_MODEL, make_tiny_export
 
-TINY_MODEL = {
-    "scale": 4, "rgb_mean": [0.4488, 0.4371, 0.4040], "rgb_range": 255.0, "han_resgroups": 2,
-    "han_resblocks": 1, "han_features": 8, "han_reduction": 4, "clique_blocks": 1,
-    "clique_growth": 4, "clique_stem": 4, "dtype": "float32",
-}
 LR_SHAPE = (24, 28, 3)
-
-
-def make_tiny_export(directory):
-    """A random tiny LFc-SR export (also used by evaluate_test).
-
-    Params are drawn in numpy on the shapes from jax.eval_shape: flax's init would compile the
-    whole model once more (tens of seconds on a busy 2-core machine).
-    """
-    model = generator.build_lfcsr(TINY_MODEL)
-    shapes = jax.eval_shape(lambda k: generator.init_params(model, k, (1, 8, 8, 3)),
-                            jax.random.PRNGKey(0))
-    rng = np.random.default_rng(0)
-    params = jax.tree_util.tree_map(
-        lambda s: (0.1 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
-    return checkpointing.save_export(directory, params, TINY_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +75,12 @@ def test_alpha_ends_are_the_two_stages(model, lr_image):
     lr = lr_image.astype(np.float32)[None]
     y_o = objective.apply({"params": model.params["objective"]}, lr)
     y_p = perceptual.apply({"params": model.params["perceptual"]}, y_o)
+    # The bucketed (padded, masked) forward equals the exact one to float rounding: up to
+    # 1.8e-4 on the 0-255 scale for a random tiny model (docs/design.md section 8).
     np.testing.assert_allclose(super_resolve.super_resolve_array(model, lr_image, 1.0), y_o[0],
-                               atol=1e-4)
+                               atol=2e-4)
     np.testing.assert_allclose(super_resolve.super_resolve_array(model, lr_image, 0.0), y_p[0],
-                               atol=1e-4)
+                               atol=2e-4)
     assert np.abs(np.asarray(y_o) - np.asarray(y_p)).max() > 1.0  # the two ends really differ
 
 

@@ -1,4 +1,4 @@
-"""Device-time attribution of a profiled step (lfcsr_jax/trace_summary.py) on a hand-made trace
+"""Device-time attribution of a profiled step (lfcsr_jax/perf/trace_summary.py) on a hand-made trace
 whose answer is known: busy time is the union of kernel intervals, parts come from the HLO
 op_name metadata, and host events are ignored."""
 
@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from lfcsr_jax import trace_summary
+from lfcsr_jax.perf import trace_summary
 
 HLO = """
 HloModule jit_admm_step

@@ -19,39 +19,11 @@ import numpy as np
 import pytest
 
 from configs import x4
-from lfcsr_jax import checkpointing, loop, train, train_logging
-from tests.conftest import TRAINING_XLA_CACHE_ENV
+from lfcsr_jax.training import train, train_logging
+from lfcsr_jax.weights import exports
+from tests.conftest import REPO_ROOT, main_command, run_main, training_env
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMING_FIELDS = {"steps_per_second", "input_wait_fraction"}
-
-
-def _env(devices: int, compile_cache: bool = True) -> dict[str, str]:
-    """The environment of a training subprocess. XLA's optimisations stay on: a tiny run
-    measured 103 s with them and 116 s without on this 2-core machine (the ADMM step's execution
-    gets slower by more than its compile gets faster). The runs share one persistent
-    compilation cache per pytest session (conftest.py), which halves every repeated run
-    (106 s -> 54 s measured); a test that needs a real compile passes compile_cache=False."""
-    env = dict(os.environ)
-    env.update({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-                "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
-    env.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)
-    cache = os.environ.get(TRAINING_XLA_CACHE_ENV)
-    if compile_cache and cache:
-        env.update({"JAX_COMPILATION_CACHE_DIR": cache,
-                    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-                    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"})
-    return env
-
-
-def _command(workdir: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "lfcsr_jax.main", "--config=configs/x4.py:tiny",
-            f"--workdir={workdir}", *overrides]
-
-
-def _run(workdir: Path, *overrides: str, devices: int = 4) -> subprocess.CompletedProcess:
-    return subprocess.run(_command(workdir, *overrides), cwd=REPO_ROOT, env=_env(devices),
-                          capture_output=True, text=True, timeout=900)
 
 
 def _last_train_row(workdir: Path) -> dict:
@@ -62,7 +34,7 @@ def _last_train_row(workdir: Path) -> dict:
 def _export_leaves(workdir: Path) -> list[np.ndarray]:
     import jax
 
-    _, params = checkpointing.load_export(workdir / "export")
+    _, params = exports.load_export(workdir / "export")
     return jax.tree_util.tree_leaves(params)
 
 
@@ -79,7 +51,7 @@ def _assert_close_runs(ours: Path, reference: Path, rtol: float, atol: float) ->
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    result = _run(workdir)
+    result = run_main(workdir)
     assert result.returncode == 0, result.stderr[-4000:]
     return workdir
 
@@ -97,7 +69,7 @@ def test_tiny_runs_both_phases_and_writes_everything(uninterrupted):
     assert (uninterrupted / "checkpoints" / "latest" / str(total)).is_dir()
     assert list((uninterrupted / "checkpoints" / "best_psnr_perceptual").iterdir())
     assert list(uninterrupted.glob("events.out.tfevents.*"))
-    model_cfg, params = checkpointing.load_export(uninterrupted / "export")
+    model_cfg, params = exports.load_export(uninterrupted / "export")
     assert model_cfg["han_features"] == 8 and set(params) == {"objective", "perceptual"}
     summary = json.loads((uninterrupted / "summary.json").read_text())
     assert {"psnr_objective", "psnr_perceptual", "psnr_bicubic"} <= set(summary["validation"])
@@ -105,7 +77,7 @@ def test_tiny_runs_both_phases_and_writes_everything(uninterrupted):
 
 def test_sigterm_saves_and_resume_matches_uninterrupted(uninterrupted, tmp_path):
     workdir = tmp_path / "interrupted"
-    process = subprocess.Popen(_command(workdir), cwd=REPO_ROOT, env=_env(4),
+    process = subprocess.Popen(main_command(workdir), cwd=REPO_ROOT, env=training_env(4),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first_checkpoint = workdir / "checkpoints" / "latest" / "4"
     deadline = time.time() + 600
@@ -116,7 +88,7 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(uninterrupted, tmp_path)
     assert process.returncode == 0, stderr[-4000:]
     assert "Stopped by SIGTERM" in stdout, "the run ended before the signal; nothing was tested"
     assert not (workdir / "export").exists()
-    resumed = _run(workdir)
+    resumed = run_main(workdir)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "Resuming" in resumed.stderr
     _assert_close_runs(workdir, uninterrupted, rtol=1e-6, atol=1e-6)
@@ -134,7 +106,7 @@ def test_gcs_workdir_sigterm_resume_matches_uninterrupted(uninterrupted, gcs_emu
     workdir = f"{gcs_root}/run"
     prefix = workdir.split("/", 3)[3]
     overrides = [f"--config.train.tensorboard_dir={tmp_path / 'tb'}"]
-    process = subprocess.Popen(_command(workdir, *overrides), cwd=REPO_ROOT, env=_env(4),
+    process = subprocess.Popen(main_command(workdir, *overrides), cwd=REPO_ROOT, env=training_env(4),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     while (not any("/checkpoints/latest/4/" in name for name in
@@ -145,7 +117,7 @@ def test_gcs_workdir_sigterm_resume_matches_uninterrupted(uninterrupted, gcs_emu
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr[-4000:]
     assert "Stopped by SIGTERM" in stdout, "the run ended before the signal; nothing was tested"
-    resumed = _run(workdir, *overrides)
+    resumed = run_main(workdir, *overrides)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "Resuming" in resumed.stderr
     names = object_names(gcs_emulator.endpoint, prefix)
@@ -161,7 +133,7 @@ def test_gcs_workdir_sigterm_resume_matches_uninterrupted(uninterrupted, gcs_emu
 
 
 def test_one_device_matches_four(uninterrupted, tmp_path):
-    result = _run(tmp_path / "one", devices=1)
+    result = run_main(tmp_path / "one", devices=1)
     assert result.returncode == 0, result.stderr[-4000:]
     _assert_close_runs(tmp_path / "one", uninterrupted, rtol=2e-3, atol=2e-4)
 
@@ -176,9 +148,9 @@ def _two_processes(workdir: Path, port: int) -> list[subprocess.Popen]:
     # No shared compile cache here: with it, one process of a resumed pair once reached the
     # first collective more than 30 s before the other (a cache hit against a compile, on a
     # loaded machine), past gloo's fixed set-up deadline. Compiling alike keeps them in step.
-    env = dict(_env(2, compile_cache=False), JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+    env = dict(training_env(2, compile_cache=False), JAX_DISABLE_MOST_OPTIMIZATIONS="1")
     return [subprocess.Popen(
-        _command(workdir, "--config.train.distributed=True",
+        main_command(workdir, "--config.train.distributed=True",
                  f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                  f"--process_id={index}"),
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -216,7 +188,7 @@ def test_two_processes_stop_together_on_one_sigterm_and_resume(uninterrupted, tm
 def test_planted_nan_stops_cleanly_and_keeps_last_checkpoint(tmp_path):
     # An absurd ADMM learning rate makes the weights overflow in the first ADMM steps (step > 4,
     # after the pre-training checkpoint at step 4).
-    result = _run(tmp_path / "nan", "--config.optim.generator_lr=1e30")
+    result = run_main(tmp_path / "nan", "--config.optim.generator_lr=1e30")
     assert result.returncode == 3, result.stderr[-4000:]
     assert "Non-finite loss or input at step" in result.stdout
     assert "step 4" in result.stdout  # names the intact checkpoint
@@ -226,7 +198,7 @@ def test_planted_nan_stops_cleanly_and_keeps_last_checkpoint(tmp_path):
 
 def test_bad_config_fails_before_compiling(tmp_path):
     start = time.time()
-    result = _run(tmp_path / "bad", "--config.input.lr_patch=9", "--config.admm.method=magic")
+    result = run_main(tmp_path / "bad", "--config.input.lr_patch=9", "--config.admm.method=magic")
     assert result.returncode == 2
     assert "input.lr_patch=9" in result.stderr and "admm.method='magic'" in result.stderr
     assert time.time() - start < 120
@@ -258,26 +230,19 @@ def test_workdir_of_another_config_is_refused(tmp_path):
     train._claim_workdir(tmp_path, config)
 
 
-def test_phase_boundaries():
-    lengths = {"pretrain": 3, "admm": 2}
-    assert [loop.phase_at(step, lengths)[0] for step in range(6)] == [
-        "pretrain", "pretrain", "pretrain", "admm", "admm", None]
-    assert loop.phase_at(4, lengths) == ("admm", 1)
-
-
 def test_init_checkpoint_loads_generators_and_rejects_other_models(tmp_path):
     import functools
 
     import jax
 
-    from lfcsr_jax import train_state
+    from lfcsr_jax.training import train_state
 
     config = x4.get_config("tiny")
     networks = train_state.make_networks(config)
     init = jax.jit(functools.partial(train_state.init_train_state, config=config, networks=networks))
     with jax.threefry_partitionable(False):
         source, fresh = init(jax.random.PRNGKey(1)), init(jax.random.PRNGKey(2))
-    export = checkpointing.save_export(tmp_path / "export", jax.device_get(
+    export = exports.save_export(tmp_path / "export", jax.device_get(
         train_state.generator_params(source)), config.model.to_dict())
     config.train.init_checkpoint = str(export)
     loaded = train.maybe_load_init_checkpoint(config, fresh)
@@ -318,7 +283,7 @@ def test_damaged_newest_checkpoint_resumes_from_the_older_one(uninterrupted, tmp
     workdir = _copy_unfinished(uninterrupted, tmp_path / "damaged")
     total = sum(train.phase_lengths(x4.get_config("tiny")).values())
     _flip_data_bytes(workdir / "checkpoints" / "latest" / str(total))
-    resumed = _run(workdir)
+    resumed = run_main(workdir)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     reports = [line for line in resumed.stderr.splitlines() if "is damaged" in line]
     assert len(reports) == 1 and f"step {total}" in reports[0], reports
@@ -333,7 +298,7 @@ def test_all_checkpoints_damaged_exits_2_in_one_line(uninterrupted, tmp_path):
     steps = [p for p in (workdir / "checkpoints" / "latest").iterdir() if p.name.isdigit()]
     for step_dir in steps:
         _flip_data_bytes(step_dir)
-    result = _run(workdir)
+    result = run_main(workdir)
     assert result.returncode == 2, result.stderr[-4000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("main: error:")]
     assert len(errors) == 1 and "no checkpoint verifies" in errors[0], result.stderr[-4000:]

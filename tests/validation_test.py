@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from configs import x4
-from lfcsr_jax import lpips, metrics, train, train_state, validation
+from lfcsr_jax.evaluation import lpips, metrics
+from lfcsr_jax.training import train, train_state, validation
 
 
 class _Recorder:
@@ -92,7 +93,7 @@ def test_lpips_dir_without_backbone_is_refused_before_training(tmp_path):
 def test_demo_validation_photos_are_disjoint_from_its_training_photos():
     from pathlib import Path
 
-    from lfcsr_jax import input_pipeline
+    from lfcsr_jax.input import input_pipeline
 
     config = x4.get_config("demo")
     assert config.input.source == "skimage"

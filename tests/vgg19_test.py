@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lfcsr_jax import state_dicts, vgg_weights
 from lfcsr_jax.models.vgg19 import VGG19Features, vgg_input
+from lfcsr_jax.weights import state_dicts, vgg_weights
+from tests.conftest import write_keras_legacy_h5
 
 _TORCHVISION_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
                     512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
@@ -291,19 +292,6 @@ def _caffe_features(images: np.ndarray, keras_layers: dict) -> np.ndarray:
                               for n in names])
 
 
-def _write_keras_legacy_h5(path, keras_layers: dict) -> None:
-    """The layout of Keras's downloadable vgg19 ..._notop.h5 (layer groups, weight_names)."""
-    import h5py  # pylint: disable=import-outside-toplevel
-
-    with h5py.File(path, "w") as f:
-        f.attrs["layer_names"] = [name.encode() for name in keras_layers]
-        for name, (kernel, bias) in keras_layers.items():
-            group = f.create_group(name)
-            group.attrs["weight_names"] = [f"{name}/kernel:0".encode(), f"{name}/bias:0".encode()]
-            group[f"{name}/kernel:0"] = kernel
-            group[f"{name}/bias:0"] = bias
-
-
 def _weights_files_of_one_network(tmp_path):
     """One random VGG19 written as a torchvision state_dict and as a Keras (Caffe BGR) file,
     each converted by `convert vgg19`; returns the converted paths and the raw files' arrays."""
@@ -323,7 +311,7 @@ def _weights_files_of_one_network(tmp_path):
             kernel = np.ascontiguousarray(kernel[:, :, ::-1])  # Caffe's first conv reads BGR
         keras_layers[f"block{block}_conv{i}"] = (kernel, params_rgb[name]["bias"])
     np.savez(tmp_path / "torchvision.npz", **state_dict)
-    _write_keras_legacy_h5(tmp_path / "keras.h5", keras_layers)
+    write_keras_legacy_h5(tmp_path / "keras.h5", keras_layers)
     for source, out in (("torchvision.npz", "vgg_torchvision.npz"), ("keras.h5", "vgg_caffe.npz")):
         convert.main(["vgg19", "--input", str(tmp_path / source), "--output", str(tmp_path / out)])
     return tmp_path / "vgg_torchvision.npz", tmp_path / "vgg_caffe.npz", state_dict, keras_layers
@@ -353,7 +341,7 @@ def _contextual_inputs_of_one_admm_step(config, monkeypatch):
     import dataclasses  # pylint: disable=import-outside-toplevel
     import functools  # pylint: disable=import-outside-toplevel
 
-    from lfcsr_jax import admm, losses, train, train_state  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.training import (admm, losses, train, train_state)  # pylint: disable=import-outside-toplevel
 
     train.validate_config(config)
     networks = dataclasses.replace(train_state.make_networks(config), objective=_NearestUpsample(),
@@ -409,7 +397,7 @@ def test_admm_step_feeds_vgg_the_input_convention_of_its_weights_file(tmp_path, 
 
 def test_validate_config_refuses_reference_scaling_with_caffe_weights(tmp_path):
     from configs import x4  # pylint: disable=import-outside-toplevel
-    from lfcsr_jax import train  # pylint: disable=import-outside-toplevel
+    from lfcsr_jax.training import train  # pylint: disable=import-outside-toplevel
 
     for convention in ("torchvision", "caffe"):
         vgg_weights.save_vgg19_params(tmp_path / f"{convention}.npz", _random_params(), convention)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import pywt
 
-from lfcsr_jax import wavelets
+from lfcsr_jax.models import wavelets
 
 
 def test_single_block_by_hand():

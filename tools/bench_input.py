@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from configs.x4 import get_config  # noqa: E402
-from lfcsr_jax import input_pipeline  # noqa: E402
+from lfcsr_jax.input import input_pipeline  # noqa: E402
 
 DEFAULT_PHOTOS = REPO_ROOT.parent / "shared" / "data" / "train_photos" / "HR"
 

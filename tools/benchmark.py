@@ -14,12 +14,12 @@ training loop around them, and inference; plus a CPU-only count of the step's pr
   python tools/benchmark.py --aot=tpu:v5e:2x4                 # compile for a v5e-8 slice
 
 --aot=TARGET compiles (does not run) the same steps and the inference forward for an accelerator
-that is not here (lfcsr_jax/aot.py): kernels per execution by kind and model part, what sits
+that is not here (lfcsr_jax/perf/aot.py): kernels per execution by kind and model part, what sits
 outside CUDA graphs, memory per chip and compile seconds. Needs the extra for the target:
 pip install -e ".[aot]" (jax[cuda12] and jax[tpu] at the jax version).
 
 Prints ONE JSON line last. The steps are the ones training runs: built by
-`lfcsr_jax.steps.make_train_steps` (same shardings, same donation). The package's GPU runtime
+`lfcsr_jax.training.steps.make_train_steps` (same shardings, same donation). The package's GPU runtime
 settings (lfcsr_jax/runtime.py) are on unless --runtime_flags=0 or LFCSR_RUNTIME_FLAGS=0.
 Runs on a bare accelerator image (jax, flax, optax, numpy): tensorflow, clu, pywavelets and
 ml_collections are not needed (a minimal ConfigDict stands in when ml_collections is absent).
@@ -141,13 +141,13 @@ def _peak_memory_gib() -> float | None:
 
 class Training:
     """What train.py builds for a run, minus the data and files: networks, mesh, placed state,
-    frozen VGG19 params and the jitted steps (lfcsr_jax.steps.make_train_steps)."""
+    frozen VGG19 params and the jitted steps (lfcsr_jax.training.steps.make_train_steps)."""
 
     def __init__(self, config: Any):
         import jax
         from jax.sharding import NamedSharding, PartitionSpec
 
-        from lfcsr_jax import steps, train_state
+        from lfcsr_jax.training import steps, train_state
 
         self.config = config
         self.networks = train_state.make_networks(config)
@@ -202,11 +202,12 @@ def bench_training(training: Training, steps: int, phases: tuple[str, ...]) -> d
 
 
 def count_training(config: Any, phases: tuple[str, ...]) -> dict[str, dict[str, int]]:
-    """Jaxpr primitive counts per step (no compile, no device work): see lfcsr_jax/op_counts.py."""
+    """Jaxpr primitive counts per step (no compile, no device work): see lfcsr_jax/perf/op_counts.py."""
     import jax
     import jax.numpy as jnp
 
-    from lfcsr_jax import op_counts, steps, train_state
+    from lfcsr_jax.perf import op_counts
+    from lfcsr_jax.training import steps, train_state
 
     networks = train_state.make_networks(config)
     state = jax.eval_shape(functools.partial(train_state.init_train_state, config=config,
@@ -258,13 +259,13 @@ class _NeverStop:
 
 
 def bench_loop(training: Training, phase: str, steps: int) -> dict[str, float]:
-    """lfcsr_jax.loop.TrainLoop for `steps` steps of one phase on a synthetic host stream, next
+    """lfcsr_jax.training.loop.TrainLoop for `steps` steps of one phase on a synthetic host stream, next
     to the bare step timed back to back: the loop's own cost per step."""
     import itertools
 
     import jax
 
-    from lfcsr_jax import loop
+    from lfcsr_jax.training import loop
 
     rows = [synthetic_batch(training.config, training.config.train.global_batch_size, seed)
             for seed in range(4)]
@@ -302,7 +303,7 @@ def profile_training(training: Training, phase: str, out_dir: Path, steps: int) 
 
     import jax
 
-    from lfcsr_jax import trace_summary
+    from lfcsr_jax.perf import trace_summary
 
     state = training.fresh_state()
     compiled, _ = training.compiled(phase, state)
@@ -350,7 +351,7 @@ def bench_inference(config: Any, steps: int, lr_size: int = 128) -> dict[str, fl
 
 def bench_inference_program(config: Any, steps: int, folder_images: int = 100,
                             batch: int = 0) -> dict[str, Any]:
-    """What super_resolve / evaluate run (lfcsr_jax/inference.py: bucketed exact forwards, params
+    """What super_resolve / evaluate run (lfcsr_jax/inference/: bucketed exact forwards, params
     cast once, batches of one bucket), on random params: latency at 128x128 and 480x270 LR (a
     1080p output) with both stages, images/s over a folder of `folder_images` BSD100-size images
     (synthetic, 120x80 and 80x120 LR), and the compile count and seconds of all of it."""
@@ -455,7 +456,7 @@ def _run_isolated(args: argparse.Namespace, dtype: str, batch: int, first: bool)
 
 def aot_row(args: argparse.Namespace, dtype: str, batch: int) -> dict[str, Any]:
     """--aot: every program of one (dtype, batch), compiled for args.aot."""
-    from lfcsr_jax import aot
+    from lfcsr_jax.perf import aot
 
     config = load_config(args.config, dtype, batch, args.set)
     target = aot.resolve_target(args.aot)
@@ -496,7 +497,7 @@ def print_aot_table(rows: list[dict[str, Any]]) -> None:
 
 
 def aot_main(args: argparse.Namespace) -> dict:
-    from lfcsr_jax import aot
+    from lfcsr_jax.perf import aot
 
     flags = aot.configure_environment(args.aot)  # before the backend starts
     import jax

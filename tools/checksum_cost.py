@@ -3,7 +3,7 @@
   python tools/checksum_cost.py [--config=configs/x4.py]
 
 Builds the training state's shapes with jax.eval_shape (no compile, no real init), fills arrays of
-those shapes with random numbers, and times checkpointing.tree_checksums over them: the work each
+those shapes with random numbers, and times exports.tree_checksums over them: the work each
 save adds and each restore repeats (docs/design.md, section 14).
 """
 
@@ -20,7 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lfcsr_jax import checkpointing, configuration, train_state  # noqa: E402
+from lfcsr_jax import configuration
+from lfcsr_jax.training import train_state
+from lfcsr_jax.weights import exports  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +46,7 @@ def main() -> None:
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            checkpointing.tree_checksums(tree)
+            exports.tree_checksums(tree)
             times.append(time.perf_counter() - start)
         print(f"{name}: {len(jax.tree_util.tree_leaves(tree))} arrays, {nbytes / 2**20:.1f} MiB, "
               f"checksums in {min(times):.3f} s (best of {args.repeats}), "

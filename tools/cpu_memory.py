@@ -32,7 +32,8 @@ def _export(config_spec: str, directory: Path) -> None:
     import jax
     import numpy as np
 
-    from lfcsr_jax import checkpointing, configuration
+    from lfcsr_jax import configuration
+    from lfcsr_jax.weights import exports
     from lfcsr_jax.models import generator
 
     model_cfg = configuration.load_config_file(config_spec).model.to_dict()
@@ -43,7 +44,7 @@ def _export(config_spec: str, directory: Path) -> None:
     rng = np.random.default_rng(0)
     params = jax.tree_util.tree_map(
         lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
-    checkpointing.save_export(directory, params, model_cfg)
+    exports.save_export(directory, params, model_cfg)
 
 
 def _measure(export: str, size: int) -> dict:

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lfcsr_jax import wavelets
+from lfcsr_jax.models import wavelets
 from lfcsr_jax.models.layers import (
     ChannelSpatialAttention,
     LayerAttention,
@@ -72,7 +72,7 @@ class HAN(nn.Module):
     def __call__(self, lr_Bxhxwx3: jax.Array, mask_Bxhxwx1: jax.Array | None = None) -> jax.Array:
         """`mask` (optional, 1 = valid pixel): `lr` is an image padded to a bucketed shape; every
         layer's padding is zeroed and every mean runs over valid pixels, so the valid region of
-        the output equals the forward of the unpadded image (lfcsr_jax/inference.py)."""
+        the output equals the forward of the unpadded image (lfcsr_jax/inference/)."""
         m = mask_Bxhxwx1
         x = mean_shift(lr_Bxhxwx3, self.rgb_mean, self.rgb_range, -1.0).astype(self.dtype)
         x = apply_mask(x, m)

@@ -39,7 +39,7 @@ def conv(
 def apply_mask(x_BxHxWxC: jax.Array, mask_BxHxWx1: jax.Array | None) -> jax.Array:
     """Zeroes the padded region of a bucketed input (mask 1 = valid pixel, 0 = padding).
 
-    Inference runs images padded up to a few bucketed shapes (lfcsr_jax/inference.py). Zeroing
+    Inference runs images padded up to a few bucketed shapes (lfcsr_jax/inference/). Zeroing
     the padding after every layer makes each 'same' convolution see the zeros it would see at the
     true border, so the cropped output equals the unpadded forward. None (training, exact shapes)
     returns `x` untouched: no extra op in the graph."""

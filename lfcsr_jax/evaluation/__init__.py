@@ -1,0 +1,1 @@
+"""Evaluation: metrics, LPIPS, result sources, the PD plane, the HTML report, diagnostics."""

@@ -1,0 +1,1 @@
+"""Input: image files, MATLAB-exact bicubic, the training pipeline, benchmark sets."""

@@ -1,0 +1,1 @@
+"""Performance measurement: primitive counts, trace summaries, deviceless compiles."""

@@ -1,0 +1,1 @@
+"""Training: losses, PD-ADMM and pre-training steps, the loop, checkpoints, validation."""

@@ -1,0 +1,1 @@
+"""Weights: PyTorch state dicts and the VGG19 / discriminator weight converters."""
