@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from lfcsr_jax.errors import UserError, one_line
+
 
 class StopRequest:
     """Set by SIGTERM/SIGINT (a TPU VM preemption or Ctrl-C); checked between steps.
@@ -96,6 +98,9 @@ class StopRequest:
                 self._compiling = True
                 try:
                     out = fn(*args)
+                except jax.errors.JaxRuntimeError as error:
+                    raise_if_out_of_memory(name, error)
+                    raise
                 finally:
                     self._compiling = False
                 compiled = True
@@ -135,3 +140,18 @@ def preemption_service_running() -> bool:
     except ImportError:
         return False
     return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
+
+
+def raise_if_out_of_memory(step: str, error: Exception) -> None:
+    """A step that does not fit in accelerator memory fails its first call (the compile, on a
+    TPU) with RESOURCE_EXHAUSTED and a long trace: one line instead, with what to change. The
+    fits per slice are measured without the accelerator (tools/PERF_NOTES.md, README)."""
+    text = str(error)
+    if "RESOURCE_EXHAUSTED" not in text:
+        return
+    first = one_line(text.split("\n", 1)[0])[:300]
+    raise UserError(
+        f"the {step} step does not fit in accelerator memory ({first}); set "
+        "--config.model.remat=True (one v5e chip needs it at batch 16), use more chips "
+        "(train.global_batch_size is split over them) or a smaller batch; "
+        "`python tools/benchmark.py --aot=tpu:<topology>` measures the fit without a TPU") from error
