@@ -75,6 +75,9 @@ def test_tpu_slice_compiles_both_steps_over_all_chips_and_reports_memory():
         assert 0 < memory["per_chip_gib"] < memory["capacity_gib"]
         assert memory["argument_gib"] > 0 and 0 < memory["headroom"] < 1
         assert report["counts"]["kernels"] > 0
+        # No known_trip_count on TPU: every loop's count is read from its `i < N` condition.
+        assert report["counts"]["while_loops"] > 0
+        assert report["counts"]["unknown_trip_counts"] == 0
         assert "thunks" not in report  # a GPU-only structure
         # The compiler's cost analysis counts a while body once; the report says so.
         assert "note" in report["cost_analysis"]

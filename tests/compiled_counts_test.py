@@ -133,3 +133,17 @@ def test_merge_adds_fields():
     two = cc.merge_thunk_summaries([one, one])
     assert two.thunks == 26 and two.convolutions_outside == 2
     assert two.outside_by_kind["kCopy"] == 2
+
+
+def test_trip_count_is_read_from_an_i_less_than_n_condition_when_no_backend_config():
+    # What the TPU compiler leaves: no known_trip_count, a condition `i < 7` (a scan of 7).
+    text = HLO.replace(', backend_config={"known_trip_count":{"n":"5"},'
+                       '"known_init_step":{"init":"0","step":"1"}}', "")
+    text = text.replace(
+        "  ROOT %loop_compare_fusion = pred[] fusion(%arg.1), kind=kLoop, calls=%fused_add\n",
+        "  %c.7 = s32[]{:T(128)} constant(7)\n  %g = s32[] get-tuple-element(%arg.1), index=0\n"
+        "  ROOT %lt = pred[]{:T(512)} compare(%g, %c.7), direction=LT\n")
+    counts = cc.count_kernels(text)
+    assert counts.unknown_trip_counts == 0
+    # 1 convert + 7 x 3 body kernels + 8 x 1 (the compare) + 1 copy + 2 (branch b)
+    assert counts.total == 1 + 21 + 8 + 1 + 2

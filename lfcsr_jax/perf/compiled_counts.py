@@ -181,6 +181,25 @@ def _branches(instruction: Instruction) -> list[str]:
     return _TRUE_FALSE.findall(instruction.text)
 
 
+_S32_CONSTANT = re.compile(r"^s32\[\][^ ]*\s+constant\((\d+)\)")
+
+
+def trip_count(loop: Instruction, computations: dict[str, list[Instruction]]) -> int | None:
+    """Iterations of a while loop: XLA's `known_trip_count` (the GPU compiler records it), else
+    read from a condition of the form `i < N` with one s32 constant N (what a scan lowers to,
+    counting from 0 by 1; the TPU compiler keeps that condition but no backend config)."""
+    known = _TRIP_COUNT.search(loop.text)
+    if known:
+        return int(known.group(1))
+    condition = computations.get(loop.called("condition") or "", [])
+    constants = [m.group(1) for i in condition if i.opcode == "constant"
+                 for m in [_S32_CONSTANT.match(i.text)] if m]
+    compares = [i for i in condition if i.opcode == "compare"]
+    if len(constants) == 1 and len(compares) == 1 and "direction=LT" in compares[0].text:
+        return int(constants[0])
+    return None
+
+
 def count_kernels(text: str) -> KernelCounts:
     """Kernel launches per execution of the optimised HLO module `text` (see module docstring)."""
     computations, entry = parse_hlo_module(text)
@@ -193,8 +212,8 @@ def count_kernels(text: str) -> KernelCounts:
         for instruction in computations.get(name, []):
             opcode = instruction.opcode
             if opcode == "while":
-                trip = _TRIP_COUNT.search(instruction.text)
-                times = int(trip.group(1)) if trip else 1
+                trip = trip_count(instruction, computations)
+                times = trip or 1
                 result.while_loops += 1
                 result.unknown_trip_counts += 0 if trip else 1
                 result.add(count(instruction.called("body") or ""), times)
