@@ -43,15 +43,23 @@ def test_flag_name():
     assert runtime.flag_name("--xla_cpu_flag") == "xla_cpu_flag"
 
 
-def test_a_cpu_backend_starts_and_computes_with_the_flags():
+def _cpu_computes_under(flag_set: str | None, expected_flag: str) -> None:
+    """A fresh process applies the flag set, starts a CPU backend and computes 2 * sum(0..3)."""
     code = ("from lfcsr_jax import runtime; runtime.configure(); import os, jax, jax.numpy as jnp;"
-            "assert 'command_buffer' in os.environ['XLA_FLAGS'];"
+            f"assert {expected_flag!r} in os.environ['XLA_FLAGS'];"
             "print(float(jax.jit(lambda x: (x * 2).sum())(jnp.arange(4.0))))")
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", runtime.SWITCH)}
+    env["JAX_PLATFORMS"] = "cpu"
+    if flag_set is not None:
+        env[runtime.SWITCH] = flag_set
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300, env=dict(env, JAX_PLATFORMS="cpu"))
+                          text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "12.0"
+
+
+def test_a_cpu_backend_starts_and_computes_with_the_flags():
+    _cpu_computes_under(None, "command_buffer")
 
 
 def test_flag_sets_are_chosen_by_name_and_an_unknown_name_is_refused():
@@ -72,12 +80,4 @@ def test_flag_sets_are_chosen_by_name_and_an_unknown_name_is_refused():
 
 
 def test_a_cpu_backend_starts_and_computes_with_the_capture_flags():
-    code = ("from lfcsr_jax import runtime; runtime.configure(); import os, jax, jax.numpy as jnp;"
-            "assert 'unroll_loops' in os.environ['XLA_FLAGS'];"
-            "print(float(jax.jit(lambda x: (x * 2).sum())(jnp.arange(4.0))))")
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", runtime.SWITCH)}
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300,
-                          env=dict(env, JAX_PLATFORMS="cpu", **{runtime.SWITCH: "capture"}))
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == "12.0"
+    _cpu_computes_under("capture", "unroll_loops")
