@@ -67,10 +67,6 @@ def flag_set(environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
     return FLAG_SETS[value]
 
 
-def enabled(environ: Mapping[str, str] = os.environ) -> bool:
-    return bool(flag_set(environ))
-
-
 def configure(environ: MutableMapping[str, str] = os.environ) -> str:
     """Sets XLA_FLAGS in `environ` (before the backend starts) and returns its value."""
     flags = flag_set(environ)

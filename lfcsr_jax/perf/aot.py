@@ -158,7 +158,7 @@ def _cost(compiled: Any, looped: bool) -> dict[str, Any]:
     keep = {key: float(analysis[key]) for key in ("flops", "bytes accessed", "optimal_seconds")
             if key in analysis}
     if looped:
-        keep["note"] = ("counts each while body once (no trip count): not the program's cost")
+        keep["note"] = "counts each while body once (no trip count): not the program's cost"
     return keep
 
 
@@ -189,8 +189,11 @@ def compile_program(jitted: Callable, args: tuple, target: Target, label: str,
 
 
 def _abstract(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `tree` placed by `shardings` (a matching tree, or one sharding)."""
     import jax
 
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree_util.tree_map(lambda _: shardings, tree)
     return jax.tree_util.tree_map(
         lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
         tree, shardings)
@@ -217,10 +220,8 @@ def training_programs(config: Any, target: Target, phases: tuple[str, ...] = PHA
     state_shardings = train_state.state_shardings(abstract_state, mesh)
     state = _abstract(abstract_state, state_shardings)
     replicated = NamedSharding(mesh, PartitionSpec())
-    vgg = jax.eval_shape(lambda k: train_state.init_vgg_params(k, config, networks),
-                         jax.random.PRNGKey(1))
-    vgg = jax.tree_util.tree_map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated), vgg)
+    vgg = _abstract(jax.eval_shape(lambda k: train_state.init_vgg_params(k, config, networks),
+                                   jax.random.PRNGKey(1)), replicated)
     split = NamedSharding(mesh, PartitionSpec("data"))
     lr, scale = config.input.lr_patch, config.model.scale
     batch_args = {"lr": jax.ShapeDtypeStruct((batch, lr, lr, 3), jnp.uint8, sharding=split),
@@ -251,10 +252,9 @@ def inference_program(config: Any, target: Target, lr_hw: tuple[int, int],
                             jax.random.PRNGKey(0))
     params = jax.eval_shape(lambda p: generator.cast_for_compute(p, generator.compute_dtype(cfg)),
                             params)
-    one_chip = dataclasses.replace(target, devices=target.devices[:1])
+    one_chip = target.first(1)
     replicated = NamedSharding(make_mesh(one_chip), PartitionSpec())
-    params = jax.tree_util.tree_map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated), params)
+    params = _abstract(params, replicated)
     h, w = (inference.bucket_dim(n) for n in lr_hw)
     image = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32, sharding=replicated)
     mask = jax.ShapeDtypeStruct((1, h, w, 1), jnp.float32, sharding=replicated)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import re
 from typing import Iterable
 
@@ -300,7 +299,3 @@ def merge_thunk_summaries(summaries: Iterable[ThunkSummary]) -> ThunkSummary:
             setattr(total, field, getattr(total, field) + getattr(summary, field))
         total.outside_by_kind.update(summary.outside_by_kind)
     return total
-
-
-def to_json(obj: dict) -> str:
-    return json.dumps(obj, sort_keys=True)
