@@ -20,7 +20,7 @@ import pytest
 from configs import x4
 from lfcsr_jax.models import constraint, wavelets
 from lfcsr_jax.models.vgg19 import vgg_input
-from lfcsr_jax.training import admm, losses, pretrain, train_state
+from lfcsr_jax.training import admm, losses, pretrain, steps, train_state
 
 SCALE = 4
 
@@ -493,36 +493,40 @@ def test_non_finite_loss_is_reported_and_not_applied():
 
 
 def test_one_and_four_devices_agree():
+    """The production jit site (steps.make_train_steps: shardings, donation) on a one-device and
+    a four-device mesh: the same states and metrics after a pre-training and two ADMM steps.
+    This replaced a second end-to-end training run on one device (tests/train_test.py)."""
     if jax.device_count() < 4:
         pytest.skip("needs 4 (fake CPU) devices: XLA_FLAGS=--xla_force_host_platform_device_count=4")
     config = _config()
+    config.model.pretrain_unrolled = False  # the tiny stand-in networks have no block loops
     networks = _networks(config)
     state, vgg_params = _init(config, networks)
     batches = [_batch(config, seed) for seed in range(2)]
 
-    def run(step_fn, pretrain_fn, state):
-        state, _ = pretrain_fn(state, batches[0])
-        for b in batches:
-            state, metrics = step_fn(state, b)
-        return state, metrics
+    def run(devices: list) -> tuple:
+        mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+        shardings = train_state.state_shardings(jax.eval_shape(lambda: state), mesh)
+        jitted = steps.make_train_steps(networks, shardings, mesh)
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        placed_vgg = jax.device_put(vgg_params, replicated)
+        # A fresh copy: the steps donate the state they are given.
+        current = jax.device_put(jax.tree_util.tree_map(jnp.copy, state), shardings)
+        current, _ = jitted["pretrain"](current, batches[0], placed_vgg)
+        for batch in batches:
+            current, metrics = jitted["admm"](current, batch, placed_vgg)
+        return current, metrics
 
-    single = run(
-        jax.jit(lambda s, b: admm.admm_step(s, b, vgg_params, networks)),
-        jax.jit(lambda s, b: pretrain.pretrain_step(s, b, vgg_params, networks)),
-        state,
-    )
-    mesh = jax.make_mesh((4,), ("data",))
-    state_sharding = train_state.state_shardings(jax.eval_shape(lambda: state), mesh)
-    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    shard = dict(in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, replicated))
-    sharded = run(
-        jax.jit(lambda s, b: admm.admm_step(s, b, vgg_params, networks), **shard),
-        jax.jit(lambda s, b: pretrain.pretrain_step(s, b, vgg_params, networks), **shard),
-        jax.device_put(state, state_sharding),
-    )
+    single = run(jax.devices()[:1])
+    sharded = run(jax.devices()[:4])
     assert sharded[0].dual_s.sharding.spec == jax.sharding.PartitionSpec("data")
-    _tree_allclose(sharded[0], single[0], rtol=1e-4, atol=1e-5)
+    assert len(sharded[0].dual_s.sharding.device_set) == 4
+    # The discriminator's first conv bias feeds a BatchNorm, so its gradient is rounding noise,
+    # which Adam scales up to a full learning-rate step (5e-5) whose sign follows the summation
+    # order: 9e-5 apart after two ADMM steps, and 3e-5 in the BatchNorm mean. Hence the
+    # tolerance of the end-to-end comparison this test replaced for the state; metrics agree
+    # closer.
+    _tree_allclose(sharded[0], single[0], rtol=2e-3, atol=2e-4)
     _tree_allclose(sharded[1], single[1], rtol=1e-4, atol=1e-5)
 
 
