@@ -7,11 +7,9 @@ XLA's optimisations off), so the same command users type is what is tested.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -280,10 +278,25 @@ def _flip_data_bytes(step_dir: Path) -> None:
         path.write_bytes(bytes(data))
 
 
+def _assert_monotonic(workdir: Path) -> None:
+    rows = train_logging.read_metrics(workdir)
+    steps = [r["step"] for r in rows if r["phase"] != "validation"]
+    assert steps == sorted(set(steps)), steps  # no repeats, never backwards
+    validated = [r["step"] for r in rows if r["phase"] == "validation"]
+    assert len(validated) == len(set(validated)), validated
+
+
 def test_damaged_newest_checkpoint_resumes_from_the_older_one(uninterrupted, tmp_path):
+    """Also the workdir a kill -9 leaves: metrics.jsonl holds rows past the checkpoint the run
+    resumes from (steps 5-8 and the validation at 8 here) and ends in a line cut short. The
+    resumed run logs those steps once, in order. (A real SIGKILL mid-run was a test of its
+    own, at the cost of a third of a training run; the state it left is the one built here.)"""
     workdir = _copy_unfinished(uninterrupted, tmp_path / "damaged")
     total = sum(train.phase_lengths(x4.get_config("tiny")).values())
     _flip_data_bytes(workdir / "checkpoints" / "latest" / str(total))
+    with open(workdir / "metrics.jsonl", "a", encoding="utf-8") as metrics:
+        metrics.write('{"step": %d, "phase": "admm", "loss/cont' % total)  # killed mid-write
+    assert max(r["step"] for r in _rows_that_parse(workdir)) == total
     resumed = run_main(workdir)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     reports = [line for line in resumed.stderr.splitlines() if "is damaged" in line]
@@ -291,7 +304,31 @@ def test_damaged_newest_checkpoint_resumes_from_the_older_one(uninterrupted, tmp
     assert f"at step {total - 4}" in resumed.stderr  # "Resuming from ... at step 4"
     aside = list((workdir / "checkpoints" / "damaged").iterdir())
     assert [p.name.split("-")[:2] for p in aside] == [["latest", str(total)]]
+    _assert_monotonic(workdir)
     _assert_close_runs(workdir, uninterrupted, rtol=1e-6, atol=1e-6)
+
+
+def _rows_that_parse(workdir: Path) -> list[dict]:
+    rows = []
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return rows
+
+
+def test_rerun_of_a_finished_run_validates_but_logs_nothing_twice(uninterrupted, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "finished"
+    shutil.copytree(uninterrupted, workdir)
+    again = run_main(workdir)  # resumes at the last step
+    assert again.returncode == 0, again.stderr[-4000:]
+    total = sum(train.phase_lengths(x4.get_config("tiny")).values())
+    assert f"at step {total}" in again.stderr and f"validation at step {total}" in again.stderr
+    _assert_monotonic(workdir)
+    assert train_logging.read_metrics(workdir) == train_logging.read_metrics(uninterrupted)
 
 
 def test_all_checkpoints_damaged_exits_2_in_one_line(uninterrupted, tmp_path):
