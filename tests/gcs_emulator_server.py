@@ -57,7 +57,10 @@ def _move_route(prefix: str) -> tuple[str, dict]:
 # Routes are matched in order at request time: the move routes go before the generic object
 # route, which would otherwise take `.../o/a/moveTo/o/b` as an object named `a/moveTo/o/b`.
 server.HANDLERS = (_move_route(settings.API_ENDPOINT), _move_route(""), *server.HANDLERS)
-# The download route holds the handler function itself, so it is replaced in the table too.
+# The module global serves the calls from other handlers (objects.get with alt=media); the
+# download route holds the function itself (the table is built at import), so it is replaced
+# in the table too.
+objects.download = _download_with_generation
 server.HANDLERS = tuple(
     (regex, {method: (_download_with_generation if handler is _emulator_download else handler)
              for method, handler in handlers.items()})
