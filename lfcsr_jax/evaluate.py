@@ -11,7 +11,9 @@ are all computed from that one forward pass, quantised to uint8 and scored (metr
 SSIM with crop = scale, LPIPS on the full RGB image, NIQE on Y with crop = scale). A bicubic row is
 added for reference. Outputs in --output_dir: table.md (also printed), results.csv, results.json
 (means and per-image values), pd_plane_<dataset>.png, and with --save_images the SR PNGs.
-Metrics whose weights were not given are reported as unavailable, with the reason.
+Metrics whose weights were not given are reported as unavailable, with the reason. NRQM and PI
+(Ma et al.; PI = ((10 - NRQM) + NIQE) / 2) are refused when the flags are read: they need the
+authors' trained regression forests (model.mat, MATLAB TreeBagger), which nothing here reads.
 Data layout: DATA/<Set>/HR + DATA/<Set>/LR_bicubic/X4 (EDSR / SelfExSR layout), or HR only (LR made
 with the MATLAB-exact imresize).
 Every location (--checkpoint, --data_dir, --output_dir, --sr_dir, --lpips_dir, --niqe_params,
@@ -41,8 +43,14 @@ from lfcsr_jax.paths import Path, check_output_dir
 
 DEFAULT_DATASETS = "Set5,Set14,BSD100,Urban100,Manga109"
 DEFAULT_ALPHAS = ",".join(f"{a / 10:g}" for a in range(11))
-METRIC_NAMES = ("psnr", "ssim", "lpips", "niqe", "nrqm", "pi")
-LOWER_IS_BETTER = {"lpips", "niqe", "pi"}
+METRIC_NAMES = ("psnr", "ssim", "lpips", "niqe")
+LOWER_IS_BETTER = {"lpips", "niqe"}
+# Perceptual metrics of the field that this project cannot compute, and why.
+_NRQM_NEEDS = ("needs Ma et al.'s trained NRQM model, model.mat (regression forests saved by "
+               "MATLAB's TreeBagger, from the chaoma99/sr-metric repository), and this project "
+               "has no reader for that file")
+REFUSED_METRICS = {"nrqm": _NRQM_NEEDS,
+                   "pi": f"PI = ((10 - NRQM) + NIQE) / 2, and NRQM {_NRQM_NEEDS}"}
 # The paper's Table 1 (PSNR / SSIM / NRQM / LPIPS of LFc-SR), docs/design.md section 8, and the
 # bicubic values every SR paper prints: `--reference_points=paper`.
 PAPER_REFERENCE_POINTS = [
@@ -59,14 +67,28 @@ Predictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 # ----------------------------------------------------------------------------- metrics
 
 
+def parse_metrics(text: str) -> list[str]:
+    """The metric names of a --metrics value; a refused or unknown name is a UserError."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    check_metric_names(names)
+    return names
+
+
+def check_metric_names(names: Sequence[str]) -> None:
+    for name in names:
+        if name in REFUSED_METRICS:
+            raise UserError(f"--metrics: {name} cannot be computed here: it {REFUSED_METRICS[name]}; "
+                            f"choose from {', '.join(METRIC_NAMES)}")
+    unknown = [n for n in names if n not in METRIC_NAMES]
+    if unknown:
+        raise UserError(f"--metrics: unknown {unknown}; choose from {list(METRIC_NAMES)}")
+
+
 class MetricSuite:
     """The requested metrics that can be computed; `unavailable` maps the others to a reason."""
 
-    def __init__(self, names: Sequence[str], scale: int, lpips_dir: str = "", niqe_params: str = "",
-                 nrqm_model: str = ""):
-        unknown = [n for n in names if n not in METRIC_NAMES]
-        if unknown:
-            raise UserError(f"--metrics: unknown {unknown}; choose from {list(METRIC_NAMES)}")
+    def __init__(self, names: Sequence[str], scale: int, lpips_dir: str = "", niqe_params: str = ""):
+        check_metric_names(names)
         self.scale = scale
         self.unavailable: dict[str, str] = {}
         self._lpips = None
@@ -83,12 +105,6 @@ class MetricSuite:
                 self._niqe = metrics.load_niqe_params(niqe_params or metrics.DEFAULT_NIQE_PARAMS)
             except metrics.MetricUnavailable as e:
                 self.unavailable["niqe"] = str(e)
-        for name in ("nrqm", "pi"):
-            if name in names:  # metrics.nrqm explains what is missing (it always raises here)
-                try:
-                    metrics.nrqm(np.zeros((1, 1, 3), np.uint8), nrqm_model or None)
-                except metrics.MetricUnavailable as e:
-                    self.unavailable[name] = str(e)
         self.names = [n for n in names if n not in self.unavailable]
 
     def score(self, sr_u8: np.ndarray, hr_u8: np.ndarray, gray: bool = False) -> dict[str, float]:
@@ -199,8 +215,8 @@ def evaluate_images(predict: Predictor, images: Sequence[dict[str, Any]], alphas
     from concurrent.futures import ThreadPoolExecutor  # pylint: disable=import-outside-toplevel
 
     bicubic = bicubic_predictor(suite.scale)
-    labels = ["bicubic"] + ([] if is_bicubic else [alpha_label(a) for a in alphas])
     per_image = []
+    labels: list[str] = []  # the rows; every image has the same ones
     # The next image's forward runs in a worker thread while this one is scored (JAX and most of
     # the metrics' numpy release the GIL), so the device does not wait for the metrics.
     pool = ThreadPoolExecutor(max_workers=1)
@@ -224,6 +240,7 @@ def evaluate_images(predict: Predictor, images: Sequence[dict[str, Any]], alphas
                                                    item["hr"], diagnostics_dir)
         if extras is not None:
             outputs.update(extras.extra_outputs(item, outputs, stages))
+        labels = labels or list(outputs)
         for label, sr in outputs.items():
             sr_u8 = metrics.quantize(sr)
             record[label] = suite.score(sr_u8, item["hr"], gray=bool(item.get("hr_gray")))
@@ -232,7 +249,6 @@ def evaluate_images(predict: Predictor, images: Sequence[dict[str, Any]], alphas
         if extras is not None:
             extras.after_image(item, record, outputs, stages)
         per_image.append(record)
-        labels = list(outputs)
     pool.shutdown(wait=True)
     rows = {label: {m: float(np.mean([r[label][m] for r in per_image])) for m in suite.names}
             for label in labels}
@@ -347,7 +363,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips_dir", default="", help="alexnet-owt-7be5be79.pth + v0.1/alex.npz")
     p.add_argument("--niqe_params", default="",
                    help="niqe_pris_params.npz or modelparameters.mat (default: the shipped LIVE model)")
-    p.add_argument("--nrqm_model", default="", help="Ma et al. model.mat (NRQM and PI)")
     p.add_argument("--alphas", default=DEFAULT_ALPHAS, help="blend weights of Y' (1) and Y (0)")
     p.add_argument("--output_dir", default="", help="where table.md/results.*/plots go ('' = none)")
     p.add_argument("--save_images", action="store_true", help="also write the SR PNGs")
@@ -368,7 +383,7 @@ def _check_object_store_locations(args: argparse.Namespace, is_bicubic: bool) ->
     from lfcsr_jax import object_store  # pylint: disable=import-outside-toplevel
 
     reads = [("--data_dir", args.data_dir), ("--lpips_dir", args.lpips_dir),
-             ("--niqe_params", args.niqe_params), ("--nrqm_model", args.nrqm_model)]
+             ("--niqe_params", args.niqe_params)]
     if not is_bicubic:
         reads.append(("--checkpoint", args.checkpoint))
     if args.reference_points != "paper":
@@ -381,6 +396,7 @@ def _check_object_store_locations(args: argparse.Namespace, is_bicubic: bool) ->
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluates and writes the reports; returns {'results', 'table', 'unavailable', 'files'}."""
     is_bicubic = args.model == "bicubic"
+    metric_names = parse_metrics(args.metrics)
     _check_object_store_locations(args, is_bicubic)
     if not is_bicubic and not args.checkpoint:
         raise UserError("give --checkpoint=EXPORT_DIR or --model=bicubic")
@@ -391,8 +407,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.output_dir:  # before any scoring, which can take hours on the paper model
         check_output_dir(args.output_dir, "--output_dir")
     alphas = parse_alphas(args.alphas)
-    suite = MetricSuite([m.strip() for m in args.metrics.split(",") if m.strip()], args.scale,
-                        args.lpips_dir, args.niqe_params, args.nrqm_model)
+    suite = MetricSuite(metric_names, args.scale, args.lpips_dir, args.niqe_params)
     for name, why in suite.unavailable.items():
         print(f"[evaluate] {name} unavailable: {why}", file=sys.stderr)
     references = load_reference_points(args.reference_points)

@@ -34,13 +34,12 @@ def test_model_report_files_and_plot(shared_data, tmp_path):
     out_dir = tmp_path / "report"
     out = evaluate.main([
         f"--checkpoint={export}", f"--data_dir={shared_data / 'benchmarks'}", "--datasets=Set5",
-        "--max_images=2", "--alphas=0,0.5,1", "--metrics=psnr,ssim,lpips,niqe,pi",
+        "--max_images=2", "--alphas=0,0.5,1", "--metrics=psnr,ssim,lpips,niqe",
         f"--lpips_dir={shared_data / 'weights/lpips'}",  # heads only: LPIPS must be unavailable
         f"--niqe_params={shared_data / 'weights/niqe/niqe_pris_params.npz'}",
         f"--output_dir={out_dir}", "--reference_points=paper", "--save_images",
         "--save_diagnostics"])
     assert "AlexNet" in out["unavailable"]["lpips"]
-    assert "model.mat" in out["unavailable"]["pi"]
     rows = out["results"]["Set5"]["rows"]
     assert set(rows) == {"bicubic", "alpha=0", "alpha=0.5", "alpha=1"}
     assert set(rows["alpha=1"]) == {"psnr", "ssim", "niqe"}
@@ -70,6 +69,9 @@ def test_bad_arguments(tmp_path):
         evaluate.parse_alphas("0,2")
     with pytest.raises(ValueError, match="unknown"):
         evaluate.MetricSuite(["psnr", "fid"], 4)
+    with pytest.raises(ValueError, match=r"nrqm cannot be computed here: it needs .*model\.mat"):
+        evaluate.parse_metrics("psnr, nrqm")
+    assert evaluate.parse_metrics(" psnr,ssim ,") == ["psnr", "ssim"]
 
 
 def test_reference_points_file(tmp_path):

@@ -161,7 +161,3 @@ def test_niqe_mat_and_npz_agree_and_missing_file(shared_data, tmp_path):
         metrics.load_niqe_params(tmp_path / "missing.npz")
 
 
-def test_nrqm_is_unavailable_with_reason(tmp_path):
-    with pytest.raises(metrics.MetricUnavailable, match="model.mat"):
-        metrics.nrqm(np.zeros((8, 8, 3), np.uint8), None)
-    assert metrics.perceptual_index(8.0, 4.0) == pytest.approx(3.0)

@@ -318,13 +318,18 @@ def test_evaluate_bad_flags_fail_before_scoring(shared_data, tmp_path):
     data = shared_data / "benchmarks"
     cases = [
         (("--metrics=psnr,sim",), "--metrics: unknown ['sim']"),
+        # NRQM and PI need a model file nothing here reads: refused before any scoring.
+        (("--metrics=psnr,pi", f"--output_dir={tmp_path / 'pi'}"),
+         "--metrics: pi cannot be computed here", "model.mat", "chaoma99/sr-metric",
+         "choose from psnr, ssim, lpips, niqe"),
         (("--alphas=0,x",), "--alphas"),
         (("--max_images=-1",), "--max_images=-1"),
         ((f"--output_dir={a_file}",), "--output_dir"),
         ((f"--output_dir={a_file}/sub",), "is a file"),
     ]
-    for args, needle in cases:
-        assert_one_line_error(_evaluate_bicubic(data, "--datasets=Set5", *args), needle)
+    for args, *needles in cases:
+        assert_one_line_error(_evaluate_bicubic(data, "--datasets=Set5", *args), *needles)
+    assert not (tmp_path / "pi").exists()  # refused before the output folder was made
     bad_checkpoint = run_cli("evaluate", f"--checkpoint={tmp_path / 'nope'}", f"--data_dir={data}",
                              "--datasets=Set5", "--metrics=psnr")
     assert_one_line_error(bad_checkpoint, "nope")

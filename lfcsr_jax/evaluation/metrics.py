@@ -20,9 +20,9 @@ No-reference:
     replicate borders; 18 AGGD features (computefeature.m) per 96x96 block at scale 1 and per 48x48 block after a
     MATLAB bicubic 1/2 resize (float, antialiased); distance to the pristine Gaussian with
     pinv of the averaged covariances. `evaluate` uses crop_border = scale (PIRM's shave of 4).
-  - NRQM (Ma et al. 2017) needs the authors' trained regression forests (`model.mat` of
-    chaoma99/sr-metric), which this project cannot read; `nrqm` raises `MetricUnavailable` saying so,
-    and PI = ((10 - NRQM) + NIQE) / 2 is only computed when an NRQM value is supplied.
+  - NRQM (Ma et al. 2017) and PI = ((10 - NRQM) + NIQE) / 2 are not here: NRQM needs the
+    authors' trained regression forests (`model.mat` of chaoma99/sr-metric), which this project
+    cannot read; `evaluate` refuses both when its flags are read.
 A metric whose weights or model file is missing raises `MetricUnavailable`; callers report the
 metric as unavailable, never a made-up number.
 """
@@ -299,24 +299,3 @@ def niqe(img_u8: np.ndarray, params: tuple[np.ndarray, np.ndarray], crop_border:
     return niqe_of_gray(np.round(y), *params)
 
 
-# ----------------------------------------------------------------------------- NRQM / PI
-
-
-def nrqm(img_u8: np.ndarray, model_file: str | os.PathLike | None = None) -> float:
-    """Ma et al. NRQM. Not computable here: always raises `MetricUnavailable` naming what is missing."""
-    del img_u8
-    if not model_file or not paths.location(model_file).is_file():
-        raise MetricUnavailable(
-            "NRQM: needs model.mat (the trained regression forests of Ma et al., repository "
-            f"chaoma99/sr-metric); not found at {model_file!r}. PI = ((10 - NRQM) + NIQE) / 2 "
-            "needs it too"
-        )
-    raise MetricUnavailable(
-        f"NRQM: {model_file} exists, but this project has no reader for MATLAB TreeBagger "
-        "forests; compute NRQM with the authors' MATLAB code and pass it to `perceptual_index`"
-    )
-
-
-def perceptual_index(nrqm_value: float, niqe_value: float) -> float:
-    """PIRM 2018 perceptual index: ((10 - NRQM) + NIQE) / 2 (lower is better)."""
-    return 0.5 * ((10.0 - nrqm_value) + niqe_value)
