@@ -95,20 +95,18 @@ def _check_training_images(inp: ml_collections.ConfigDict) -> list[str]:
 
 @functools.lru_cache(maxsize=16)  # a folder is verified once per process
 def _unreadable_images(folder: str) -> tuple[str, ...]:
+    try:
+        files = image_io.list_images(folder)
+    except FileNotFoundError as e:
+        return (str(e),)
     problems = []
-    for folder in [folder]:
+    for path in files:
         try:
-            files = image_io.list_images(folder)
-        except FileNotFoundError as e:
-            problems.append(str(e))
-            continue
-        for path in files:
-            try:
-                with paths.location(path).open("rb") as handle, Image.open(handle) as img:
-                    img.verify()
-            except Exception as e:  # noqa: BLE001 (PIL raises many types for broken files)
-                problems.append(f"{path}: unreadable or truncated image ({type(e).__name__}: "
-                                f"{e}); fix or remove it")
+            with paths.location(path).open("rb") as handle, Image.open(handle) as img:
+                img.verify()
+        except Exception as e:  # noqa: BLE001 (PIL raises many types for broken files)
+            problems.append(f"{path}: unreadable or truncated image ({type(e).__name__}: "
+                            f"{e}); fix or remove it")
     return tuple(problems)
 
 

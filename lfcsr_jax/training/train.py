@@ -159,7 +159,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
                                 NamedSharding(mesh, PartitionSpec()))
 
     rng = jax.random.PRNGKey(config.seed)
-    init_rng, _ = jax.random.split(rng)  # the second key once seeded the steps; kept for equal init
+    # The first of two keys, as when the second seeded the steps: runs and checkpoints made since
+    # keep the same initial parameters for the same config.seed.
+    init_rng = jax.random.split(rng)[0]
     abstract_state = jax.eval_shape(
         functools.partial(train_state.init_train_state, config=config, networks=networks), init_rng)
     shardings = train_state.state_shardings(abstract_state, mesh)
