@@ -139,9 +139,9 @@ def test_convert_pdasr_from_gcs(tmp_path, gcs_root):
     VGG19 test below writes convert's output to gs://.)"""
     pytest.importorskip("torch")
     from configs import x4  # pylint: disable=import-outside-toplevel
-    from tests.convert_test import _tiny_state_dict  # pylint: disable=import-outside-toplevel
+    from tests.torch_pdasr import tiny_state_dict  # pylint: disable=import-outside-toplevel
 
-    state_dict = _tiny_state_dict()
+    state_dict = tiny_state_dict()
     np.savez(tmp_path / "model.npz", **state_dict)
     _upload_file(tmp_path / "model.npz", f"{gcs_root}/model.npz")
     args = ["pdasr", "--input", f"{gcs_root}/model.npz", "--output", str(tmp_path / "export"),
