@@ -21,4 +21,4 @@ def test_reports_user_errors_prints_one_line_and_exits_2(capsys):
         errors.reports_user_errors("demo")(lambda: {}["x"])()
 
 
-# ----------------------------------------------------------------------------- item 1: writes
+# ----------------------------------------------------------------------------- atomic writes

@@ -44,7 +44,7 @@ def run_cli(module: str, *args: str, file_limit_kb: int = 0) -> subprocess.Compl
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory) -> Path:
-    return make_tiny_export(tmp_path_factory.mktemp("hardening") / "export")
+    return make_tiny_export(tmp_path_factory.mktemp("programs") / "export")
 
 
 @pytest.fixture()
@@ -111,7 +111,7 @@ def test_hard_link_to_an_input_is_not_overwritten(tmp_path, export_dir, inputs):
     assert (inputs / "a.png").read_bytes() == before
 
 
-# ----------------------------------------------------------------------------- items 4, 7, 10
+# ----------------------------------------------------------------------------- super_resolve
 
 
 def test_super_resolve_bad_arguments_fail_in_one_line(tmp_path, export_dir, inputs):
@@ -196,7 +196,7 @@ def test_a_bad_file_does_not_abort_the_batch(tmp_path, export_dir, inputs):
     assert sorted(p.name for p in out.iterdir()) == ["a_x4.png", "b_x4.png"]  # stopped at it
 
 
-# ----------------------------------------------------------------------------- items 6 and 12
+# ----------------------------------------------------------------------------- damaged exports
 
 
 def _corrupt_copies(export_dir: Path, root: Path) -> dict[str, tuple[Path, str]]:
@@ -268,7 +268,7 @@ def test_export_housekeeping(tmp_path, export_dir):
     assert (os.stat(target).st_mode & 0o777) == 0o755  # the umask, not mkdtemp's 0700
 
 
-# ----------------------------------------------------------------------------- items 3, 4, 5: evaluate
+# ----------------------------------------------------------------------------- evaluate
 
 
 @pytest.fixture()
@@ -335,7 +335,7 @@ def test_evaluate_bad_flags_fail_before_scoring(shared_data, tmp_path):
     assert_one_line_error(bad_checkpoint, "nope")
 
 
-# ----------------------------------------------------------------------------- item 5: convert
+# ----------------------------------------------------------------------------- convert
 
 
 def test_convert_bad_weights_fail_in_one_short_line(tmp_path):
@@ -360,7 +360,7 @@ def test_convert_bad_weights_fail_in_one_short_line(tmp_path):
     assert not list(tmp_path.glob("vgg19*")) and not list(tmp_path.glob("e[123]"))
 
 
-# ----------------------------------------------------------------------------- item 9: complexity
+# ----------------------------------------------------------------------------- complexity
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -1,4 +1,5 @@
-"""The package's layer contracts (setup.cfg [importlinter], docs/design.md "Layout") hold."""
+"""The import contracts of the package layout hold (setup.cfg [importlinter], docs/design.md
+"Layout")."""
 
 from __future__ import annotations
 
