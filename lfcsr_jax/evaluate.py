@@ -36,9 +36,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lfcsr_jax import inference, paths
+from lfcsr_jax import paths
 from lfcsr_jax.errors import UserError, reports_user_errors
 from lfcsr_jax.evaluation import metrics
+from lfcsr_jax.inference.compile_cache import (CompileStats, compile_summary,
+                                                configure_compilation_cache)
+from lfcsr_jax.inference.model import load_model
+from lfcsr_jax.inference.settings import BUCKET, add_flags
 from lfcsr_jax.paths import Path, check_output_dir
 
 DEFAULT_DATASETS = "Set5,Set14,BSD100,Urban100,Manga109"
@@ -77,8 +81,8 @@ def parse_metrics(text: str) -> list[str]:
 def check_metric_names(names: Sequence[str]) -> None:
     for name in names:
         if name in REFUSED_METRICS:
-            raise UserError(f"--metrics: {name} cannot be computed here: it {REFUSED_METRICS[name]}; "
-                            f"choose from {', '.join(METRIC_NAMES)}")
+            raise UserError(f"--metrics: {name} cannot be computed here: it "
+                            f"{REFUSED_METRICS[name]}; choose from {', '.join(METRIC_NAMES)}")
     unknown = [n for n in names if n not in METRIC_NAMES]
     if unknown:
         raise UserError(f"--metrics: unknown {unknown}; choose from {list(METRIC_NAMES)}")
@@ -190,12 +194,10 @@ def model_predictor(checkpoint: paths.PathLike, dtype: str = "", bucket: int | N
                     ) -> tuple[Predictor, dict[str, Any]]:
     """(lr uint8 HxWx3 -> (Y', Y) float32 on the 0-255 scale, model config) from an export.
 
-    The predictor is `inference.LoadedModel.predict` (bucketed exact shapes; `.__self__` is the
+    The predictor is `LoadedModel.predict` (bucketed exact shapes; `.__self__` is the
     model, whose compile_count the summary reports)."""
-    from lfcsr_jax import inference  # pylint: disable=import-outside-toplevel
-
-    model = inference.load_model(checkpoint, dtype=dtype,
-                                 bucket=inference.BUCKET if bucket is None else bucket)
+    model = load_model(checkpoint, dtype=dtype,
+                                 bucket=BUCKET if bucket is None else bucket)
     return model.predict, model.config
 
 
@@ -370,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Haar LL/HH views and LL-difference maps per image (paper Figs. 5, 7)")
     p.add_argument("--reference_points", default="", help="'paper' or a JSON file for the plot")
     p.add_argument("--scale", type=int, default=4)
-    inference.add_flags(p)  # --dtype, --bucket, --xla_cache_dir
+    add_flags(p)  # --dtype, --bucket, --xla_cache_dir
     p.add_argument("--max_images", type=int, default=0, help="first N images per set (0 = all)")
     from lfcsr_jax.evaluation import analyses  # pylint: disable=import-outside-toplevel
 
@@ -412,13 +414,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[evaluate] {name} unavailable: {why}", file=sys.stderr)
     references = load_reference_points(args.reference_points)
     compile_before = None
-    from lfcsr_jax import inference  # pylint: disable=import-outside-toplevel
-
     if is_bicubic:
         predict, info = bicubic_predictor(args.scale), {"model": "bicubic"}
     else:
-        inference.configure_compilation_cache(getattr(args, "xla_cache_dir", ""))
-        compile_before = inference.CompileStats.snapshot()
+        configure_compilation_cache(getattr(args, "xla_cache_dir", ""))
+        compile_before = CompileStats.snapshot()
         predict, model_cfg = model_predictor(args.checkpoint, args.dtype,
                                              getattr(args, "bucket", None))
         info = {"model": "lfcsr", "checkpoint": str(paths.location(args.checkpoint)),
@@ -455,8 +455,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = getattr(predict, "__self__", None) if compile_before is not None else None
     if model is not None:
         info["compiles"] = {"model_shapes": model.compile_count,
-                            **inference.CompileStats.since(compile_before)}
-        print(f"[evaluate] {inference.compile_summary(model, info['compiles'])}", file=sys.stderr)
+                            **CompileStats.since(compile_before)}
+        print(f"[evaluate] {compile_summary(model, info['compiles'])}", file=sys.stderr)
     table = format_table(results, suite.names) + extras.table_addendum(results)
     if missing:
         table += f"\n\nskipped (not found under {args.data_dir}): {', '.join(missing)}"

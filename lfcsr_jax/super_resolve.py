@@ -62,8 +62,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lfcsr_jax import inference, paths
+from lfcsr_jax import paths
 from lfcsr_jax.errors import reports_user_errors
+from lfcsr_jax.inference.compile_cache import (CompileStats, compile_summary,
+                                                configure_compilation_cache)
+from lfcsr_jax.inference.memory import choose_tile, format_bytes, max_batch, memory_budget
+from lfcsr_jax.inference.model import LoadedModel, load_model
+from lfcsr_jax.inference.settings import InferenceError, add_flags
 from lfcsr_jax.paths import check_output_dir, same_location
 
 Path = paths.Path  # every input and output location, local or gs://
@@ -74,11 +79,7 @@ _FILE_LIKE_SUFFIXES = (".png", ".npy", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff",
                        ".gif")
 
 
-# The loading library lives in inference.py (shared with evaluate); re-exported here for callers.
-SuperResolveError = inference.InferenceError  # a bad input, checkpoint or output choice
-LoadedModel = inference.LoadedModel
-load_model = inference.load_model
-check_params_match_config = inference.check_params_match_config
+SuperResolveError = InferenceError  # a bad input, checkpoint or output choice
 
 
 def perceptual_receptive_radius(model_cfg: dict[str, Any]) -> int:
@@ -306,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile_overlap", type=int, default=32, help="LR pixels shared by neighbours")
     p.add_argument("--tile_mode", default="both", choices=TILE_MODES,
                    help="both: tile both stages (approximate); perceptual: tile only G_P (exact)")
-    inference.add_flags(p)  # --dtype, --bucket, --xla_cache_dir
+    add_flags(p)  # --dtype, --bucket, --xla_cache_dir
     p.add_argument("--batch", type=int, default=0,
                    help="images of one bucket per forward, at most (0 = auto: 8 on GPU/TPU, "
                    "bounded by free memory; 1 on CPU)")
@@ -344,13 +345,13 @@ def plan_tile(model: LoadedModel, name: str, h: int, w: int, args: argparse.Name
     if budget is None:
         if need > BIG_INPUT_BYTES:
             print(f"[super_resolve] {name}: {h}x{w} LR, estimated activation memory "
-                  f"{inference.format_bytes(need)} (untiled; --tile=T to tile)", file=sys.stderr)
+                  f"{format_bytes(need)} (untiled; --tile=T to tile)", file=sys.stderr)
         return 0
     if need <= budget:
         return 0
-    tile = inference.choose_tile(model, h, w, budget, args.tile_overlap)
-    print(f"[super_resolve] {name}: estimated activation memory {inference.format_bytes(need)} > "
-          f"{inference.format_bytes(budget)} ({budget_source}): tiling with --tile={tile} "
+    tile = choose_tile(model, h, w, budget, args.tile_overlap)
+    print(f"[super_resolve] {name}: estimated activation memory {format_bytes(need)} > "
+          f"{format_bytes(budget)} ({budget_source}): tiling with --tile={tile} "
           f"--tile_overlap={args.tile_overlap} (--tile_mode={args.tile_mode})", file=sys.stderr)
     return tile
 
@@ -376,9 +377,9 @@ def run(args: argparse.Namespace) -> list[Path]:
         raise SuperResolveError(f"--batch={args.batch} must be >= 0 (0 = auto)")
     files = collect_inputs(args.inputs)
     check_output(args.output, args.format, len(files))  # before the model is loaded
-    budget, budget_source = inference.memory_budget(args.memory_budget)
-    inference.configure_compilation_cache(getattr(args, "xla_cache_dir", ""))
-    stats_before = inference.CompileStats.snapshot()
+    budget, budget_source = memory_budget(args.memory_budget)
+    configure_compilation_cache(getattr(args, "xla_cache_dir", ""))
+    stats_before = CompileStats.snapshot()
     model = load_model(args.checkpoint, args.dtype, args.bucket)
     targets = plan_outputs(files, args.output, args.format, model.scale)
     radius = perceptual_receptive_radius(model.config)
@@ -421,7 +422,7 @@ def run(args: argparse.Namespace) -> list[Path]:
 
             def flush(groups: dict = groups) -> None:
                 for (hb, wb), members in groups.items():
-                    size = inference.max_batch(model, hb, wb, budget, batch_limit)
+                    size = max_batch(model, hb, wb, budget, batch_limit)
                     for start in range(0, len(members), size):
                         part = members[start:start + size]
                         outputs = model.predict_batch([lr for _, _, lr in part])
@@ -453,9 +454,9 @@ def run(args: argparse.Namespace) -> list[Path]:
             flush()
             collect_writes(wait=False)
         collect_writes(wait=True)
-    stats = inference.CompileStats.since(stats_before)
+    stats = CompileStats.since(stats_before)
     print(f"[super_resolve] written {len(written)}; "
-          f"{inference.compile_summary(model, stats)}", file=sys.stderr)
+          f"{compile_summary(model, stats)}", file=sys.stderr)
     run.last_summary = {"written": len(written), "compile_count": model.compile_count, **stats}
     if failed:
         raise SuperResolveError(f"written {len(written)}, failed {len(failed)}: "

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfcsr_jax import evaluate, super_resolve
+from lfcsr_jax import evaluate
 from lfcsr_jax.evaluation import metrics, pd_plane, sources
+from lfcsr_jax.inference.model import load_model
 from lfcsr_jax.input import image_io
 from lfcsr_jax.input.imresize import imresize
 from tests.conftest import make_tiny_export
@@ -84,7 +85,7 @@ def test_sources_rows_curve_and_lf_mae(evaluated):
     table = (evaluated["dir"] / "table.md").read_text()
     assert "| Set5 | SelfExSR | 2 |" in table and "LF-MAE" in table
     # LF-MAE = mean over images of mean |T(Y) - T(Y')| with the one-level Haar LL.
-    model = super_resolve.load_model(evaluated["export"])
+    model = load_model(evaluated["export"])
     expected = []
     for item in evaluated["items"]:
         y_o, y_p = model.predict(item["lr"])

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfcsr_jax import evaluate, super_resolve
+from lfcsr_jax import evaluate
 from lfcsr_jax.evaluation import metrics
+from lfcsr_jax.inference.model import load_model
 from tests.conftest import make_tiny_export
 
 # (PSNR, SSIM) of bicubic x4 printed by every SR paper (docs/design.md section 8).
@@ -55,7 +56,7 @@ def test_model_report_files_and_plot(shared_data, tmp_path):
     # The alpha = 1 row scores G_O's output and alpha = 0 G_P's, from the same forward pass.
     first = out["results"]["Set5"]["per_image"][0]
     item = evaluate.load_dataset(shared_data / "benchmarks", "Set5", 4)[0]
-    y_o, y_p = super_resolve.load_model(export).predict(item["lr"])
+    y_o, y_p = load_model(export).predict(item["lr"])
     assert first["alpha=1"]["psnr"] == pytest.approx(metrics.psnr_y(metrics.quantize(y_o), item["hr"]))
     assert first["alpha=0"]["psnr"] == pytest.approx(metrics.psnr_y(metrics.quantize(y_p), item["hr"]))
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfcsr_jax import convert, inference, paths, super_resolve
+from lfcsr_jax import convert, paths, super_resolve
+from lfcsr_jax.inference.compile_cache import configure_compilation_cache
 from lfcsr_jax.input import image_io
 from lfcsr_jax.weights import exports, state_dicts, vgg_weights
 from tests.conftest import make_tiny_export
@@ -221,7 +222,7 @@ def test_compilation_cache_on_gcs(gcs_root):
             "jax_persistent_cache_min_entry_size_bytes")
     before = {k: jax.config.values[k] for k in keys}
     try:
-        folder = inference.configure_compilation_cache(f"{gcs_root}/xla/")
+        folder = configure_compilation_cache(f"{gcs_root}/xla/")
         assert str(folder) == f"{gcs_root}/xla"
         jax.jit(lambda x: x * 3.25 + 0.5)(np.arange(7.0)).block_until_ready()
         assert list(paths.location(f"{gcs_root}/xla").iterdir())

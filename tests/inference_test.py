@@ -1,4 +1,4 @@
-"""inference.py: bucketed forwards equal exact shapes, compile counts, the persistent cache,
+"""lfcsr_jax/inference/: bucketed forwards equal exact shapes, compile counts, the persistent cache,
 automatic tiling on a small memory budget, batching equals one image at a time."""
 
 from __future__ import annotations
@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfcsr_jax import inference, super_resolve
+from lfcsr_jax import super_resolve
+from lfcsr_jax.inference import memory
+from lfcsr_jax.inference.memory import HOST_MEMORY_SHARE, memory_budget, parse_bytes
+from lfcsr_jax.inference.model import LoadedModel, _jitted_forwards, load_model
+from lfcsr_jax.inference.settings import (BUCKET, InferenceError, batch_bucket, bucket_dim,
+                                          default_dtype, resolve_dtype)
 from lfcsr_jax.input import image_io
 from tests.conftest import TINY_MODEL, make_tiny_export
 
@@ -31,12 +36,12 @@ def export_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bucketed(export_dir):
-    return inference.load_model(export_dir, dtype="float32")
+    return load_model(export_dir, dtype="float32")
 
 
 @pytest.fixture(scope="module")
 def exact(export_dir):
-    return inference.load_model(export_dir, dtype="float32", bucket=0)
+    return load_model(export_dir, dtype="float32", bucket=0)
 
 
 def _benchmark_lr(shared_data, dataset, index):
@@ -78,7 +83,7 @@ class _StubForward:
 
 
 def _stub_model(bucket):
-    return inference.LoadedModel(dict(TINY_MODEL), {"objective": None, "perceptual": None},
+    return LoadedModel(dict(TINY_MODEL), {"objective": None, "perceptual": None},
                                  _StubForward(4, True), _StubForward(4, False),
                                  _StubForward(1, False), bucket=bucket)
 
@@ -87,23 +92,23 @@ def test_compile_count_over_set14(shared_data):
     """Set14 (14 images, 10 LR sizes): one compile per size with exact shapes, 8 with buckets."""
     images = [_benchmark_lr(shared_data, "Set14", i) for i in range(14)]
     counts = {}
-    for bucket in (0, inference.BUCKET):
+    for bucket in (0, BUCKET):
         model = _stub_model(bucket)
         for lr in images:
             y_o, y_p = model.predict(lr)
             assert y_o.shape == (4 * lr.shape[0], 4 * lr.shape[1], 3)
         counts[bucket] = model.compile_count
-    print(f"Set14 compiles: exact shapes {counts[0]}, bucketed {counts[inference.BUCKET]}")
+    print(f"Set14 compiles: exact shapes {counts[0]}, bucketed {counts[BUCKET]}")
     assert counts[0] == len({lr.shape for lr in images}) == 10
-    assert counts[inference.BUCKET] == 8
+    assert counts[BUCKET] == 8
 
 
 def test_bucket_dim_pads_little():
     for n in range(1, 3000):
-        b = inference.bucket_dim(n)
+        b = bucket_dim(n)
         assert n <= b <= max(n + 31, n * 9 // 8 + 1) and b % 32 == 0
-    assert inference.bucket_dim(17, 0) == 17
-    assert [inference.batch_bucket(n) for n in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
+    assert bucket_dim(17, 0) == 17
+    assert [batch_bucket(n) for n in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
 
 
 def test_batching_equals_one_at_a_time(bucketed):
@@ -132,7 +137,7 @@ def test_super_resolve_batches_and_auto_tiles(tmp_path, export_dir, capsys):
         one, many = (np.load(d / f"{name}_x4.npy") for d in (plain, batched))
         assert np.abs(one - many).max() < 1e-3
     # A budget the 90 x 80 image does not fit: it is tiled, and the console says so.
-    model = inference.load_model(export_dir, dtype="float32")
+    model = load_model(export_dir, dtype="float32")
     budget = model.activation_bytes(40, 40)
     assert model.activation_bytes(90, 80) > budget >= model.activation_bytes(24, 24)
     capsys.readouterr()
@@ -149,13 +154,13 @@ def test_super_resolve_batches_and_auto_tiles(tmp_path, export_dir, capsys):
 
 
 def test_default_dtype_and_overrides():
-    assert inference.default_dtype("cpu") == "float32"
-    assert inference.default_dtype("gpu") == inference.default_dtype("tpu") == "bfloat16"
-    assert inference.resolve_dtype("bfloat16") == "bfloat16"
-    assert inference.resolve_dtype("") == inference.resolve_dtype("auto") == "float32"  # CPU tests
-    with pytest.raises(inference.InferenceError):
-        inference.resolve_dtype("float64")
-    assert inference.parse_bytes("2G") == 2 * 2 ** 30 and inference.parse_bytes("512M") == 2 ** 29
+    assert default_dtype("cpu") == "float32"
+    assert default_dtype("gpu") == default_dtype("tpu") == "bfloat16"
+    assert resolve_dtype("bfloat16") == "bfloat16"
+    assert resolve_dtype("") == resolve_dtype("auto") == "float32"  # CPU tests
+    with pytest.raises(InferenceError):
+        resolve_dtype("float64")
+    assert parse_bytes("2G") == 2 * 2 ** 30 and parse_bytes("512M") == 2 ** 29
 
 
 def test_second_identical_run_does_not_compile(tmp_path, export_dir):
@@ -197,9 +202,9 @@ def test_bucketed_forward_is_exact_for_the_paper_size_model(shared_data):
     rng = np.random.default_rng(0)
     params = jax.tree_util.tree_map(
         lambda s: (0.02 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
-    fns = inference._jitted_forwards(json.dumps(cfg, sort_keys=True))  # pylint: disable=protected-access
-    bucketed = inference.LoadedModel(cfg, params, *fns)
-    exact = inference.LoadedModel(cfg, params, *fns, bucket=0)
+    fns = _jitted_forwards(json.dumps(cfg, sort_keys=True))  # pylint: disable=protected-access
+    bucketed = LoadedModel(cfg, params, *fns)
+    exact = LoadedModel(cfg, params, *fns, bucket=0)
     lr = _benchmark_lr(shared_data, "Set5", 0)[:13, :11]
     (y_o, y_p), (x_o, x_p) = bucketed.predict(lr), exact.predict(lr)
     error = max(np.abs(y_o - x_o).max(), np.abs(y_p - x_p).max())
@@ -224,26 +229,26 @@ def test_host_available_memory_reads_cgroup_limits_and_meminfo(tmp_path):
     v2 = _fake_proc(tmp_path / "v2", 8 * 1024 * 1024, {
         "memory.max": str(4096 * mib), "memory.current": str(3072 * mib),
         "memory.stat": f"anon 1\ninactive_file {1024 * mib}\n"})
-    assert inference.host_available_bytes(*v2) == 2048 * mib
+    assert memory.host_available_bytes(*v2) == 2048 * mib
     # No cgroup limit ("max"): MemAvailable.
     unlimited = _fake_proc(tmp_path / "max", 1024 * 1024, {"memory.max": "max",
                                                            "memory.current": "5"})
-    assert inference.host_available_bytes(*unlimited) == 1024 * mib
+    assert memory.host_available_bytes(*unlimited) == 1024 * mib
     # cgroup v1, a limit above what the host has free: MemAvailable is the smaller.
     v1 = _fake_proc(tmp_path / "v1", 512 * 1024, {
         "memory/memory.limit_in_bytes": str(8192 * mib),
         "memory/memory.usage_in_bytes": str(1024 * mib)})
-    assert inference.host_available_bytes(*v1) == 512 * mib
-    assert inference.host_available_bytes(str(tmp_path / "none"), str(tmp_path / "none")) is None
+    assert memory.host_available_bytes(*v1) == 512 * mib
+    assert memory.host_available_bytes(str(tmp_path / "none"), str(tmp_path / "none")) is None
 
 
 def test_cpu_budget_comes_from_host_memory(monkeypatch):
-    monkeypatch.delenv(inference.MEMORY_BUDGET_ENV, raising=False)
-    monkeypatch.setattr(inference, "host_available_bytes", lambda: 8 * 2 ** 30)
-    budget, source = inference.memory_budget("")
-    assert budget == int(8 * 2 ** 30 * inference.HOST_MEMORY_SHARE) - inference.HOST_MEMORY_RESERVE
+    monkeypatch.delenv(memory.MEMORY_BUDGET_ENV, raising=False)
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: 8 * 2 ** 30)
+    budget, source = memory_budget("")
+    assert budget == int(8 * 2 ** 30 * HOST_MEMORY_SHARE) - memory.HOST_MEMORY_RESERVE
     assert source.startswith("host memory available 8")
-    assert inference.memory_budget("1G") == (2 ** 30, "--memory_budget")
+    assert memory_budget("1G") == (2 ** 30, "--memory_budget")
 
 
 def test_cpu_tiles_by_itself_when_host_memory_is_short(tmp_path, export_dir, capsys, monkeypatch):
@@ -252,19 +257,19 @@ def test_cpu_tiles_by_itself_when_host_memory_is_short(tmp_path, export_dir, cap
     folder.mkdir()
     for name, shape in (("small", (20, 24, 3)), ("big", (90, 80, 3))):
         Image.fromarray(rng.integers(0, 256, shape).astype(np.uint8)).save(folder / f"{name}.png")
-    monkeypatch.delenv(inference.MEMORY_BUDGET_ENV, raising=False)
+    monkeypatch.delenv(memory.MEMORY_BUDGET_ENV, raising=False)
     common = [str(folder), f"--checkpoint={export_dir}", "--format=npy", "--dtype=float32"]
     plain = tmp_path / "plain"
     super_resolve.main([*common, f"--output={plain}"])  # this machine's memory: no tiling
     assert "tiling" not in capsys.readouterr().err
-    model = inference.load_model(export_dir, dtype="float32")
+    model = load_model(export_dir, dtype="float32")
     budget = model.activation_bytes(40, 40)
     assert model.activation_bytes(90, 80) > budget >= model.activation_bytes(24, 24)
     # A host with little memory left (and no fixed reserve, which alone exceeds a tiny model's
     # needs): the budget it yields is the 40 x 40 estimate.
-    monkeypatch.setattr(inference, "HOST_MEMORY_RESERVE", 0)
-    available = int(budget / inference.HOST_MEMORY_SHARE) + 4
-    monkeypatch.setattr(inference, "host_available_bytes", lambda: available)
+    monkeypatch.setattr(memory, "HOST_MEMORY_RESERVE", 0)
+    available = int(budget / HOST_MEMORY_SHARE) + 4
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: available)
     for mode, tolerance in (("both", 1.0), ("perceptual", 1e-3)):
         tiled = tmp_path / f"tiled_{mode}"
         super_resolve.main([*common, f"--output={tiled}", "--tile_overlap=8",

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from lfcsr_jax import super_resolve
+from lfcsr_jax.inference.model import load_model
 from lfcsr_jax.models import generator
-from lfcsr_jax.weights import exports
 from tests.conftest import TINY_MODEL, make_tiny_export
 
 LR_SHAPE = (24, 28, 3)
@@ -22,7 +21,7 @@ def export_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(export_dir):
-    return super_resolve.load_model(export_dir)
+    return load_model(export_dir)
 
 
 @pytest.fixture(scope="module")

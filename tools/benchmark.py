@@ -358,17 +358,18 @@ def bench_inference_program(config: Any, steps: int, folder_images: int = 100,
     import jax
     import numpy as np
 
-    from lfcsr_jax import inference
+    from lfcsr_jax.inference.compile_cache import CompileStats
+    from lfcsr_jax.inference.model import LoadedModel, _jitted_forwards
     from lfcsr_jax.models import generator
 
-    stats = inference.CompileStats.snapshot()
+    stats = CompileStats.snapshot()
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in
            (config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)).items()}
     model_def = generator.build_lfcsr(cfg)
     params = generator.init_params(model_def, jax.random.PRNGKey(5), lr_shape=(1, 16, 16, 3))
     params = generator.cast_for_compute(params, generator.compute_dtype(cfg))
-    fns = inference._jitted_forwards(json.dumps(cfg, sort_keys=True))  # pylint: disable=protected-access
-    model = inference.LoadedModel(cfg, params, *fns)
+    fns = _jitted_forwards(json.dumps(cfg, sort_keys=True))  # pylint: disable=protected-access
+    model = LoadedModel(cfg, params, *fns)
     rng = np.random.default_rng(0)
     row: dict[str, Any] = {"dtype": cfg["dtype"], "mode": "inference"}
     for name, (h, w) in (("128x128", (128, 128)), ("480x270", (270, 480))):
@@ -397,7 +398,7 @@ def bench_inference_program(config: Any, steps: int, folder_images: int = 100,
     row.update({"folder_images": folder_images, "folder_batch": batch,
                 "compile_count": model.compile_count,
                 "compile_shapes": sorted(str(k) for k in model.compiled_shapes)})
-    spent = inference.CompileStats.since(stats)
+    spent = CompileStats.since(stats)
     row.update({"xla_compiles": spent["compiles"], "compile_s": spent["seconds"],
                 "peak_memory_gib": _peak_memory_gib()})
     return row

@@ -1,4 +1,4 @@
-"""Estimated activation memory (inference.estimate_activation_bytes) against measured peak RSS.
+"""Estimated activation memory (estimate_activation_bytes) against measured peak RSS.
 
   JAX_PLATFORMS=cpu python tools/cpu_memory.py [--config=configs/x4.py:demo] [--sizes=64,128,256]
 
@@ -50,9 +50,10 @@ def _export(config_spec: str, directory: Path) -> None:
 def _measure(export: str, size: int) -> dict:
     import numpy as np
 
-    from lfcsr_jax import inference, super_resolve
+    from lfcsr_jax import super_resolve
+    from lfcsr_jax.inference.model import load_model
 
-    model = inference.load_model(export, "float32", 0)
+    model = load_model(export, "float32", 0)
     lr = np.random.default_rng(0).integers(0, 256, (size, size, 3)).astype(np.uint8)
     before = _rss_bytes()
     super_resolve.super_resolve_array(model, lr, alpha=0.0)

@@ -4,7 +4,7 @@ XLA compiles for a GPU from a device description, or for a TPU slice from its to
 CPU-only host (docs/design.md section 13). This module builds exactly what `main` runs on that
 target: the steps of `steps.make_train_steps` (same shardings, same donation) over a `('data',)`
 mesh of every chip, with the global batch split over them, and the bucketed inference forward of
-`inference.py`. Each compile reports kernels per execution (`compiled_counts`), what sits
+`lfcsr_jax/inference/`. Each compile reports kernels per execution (`compiled_counts`), what sits
 outside CUDA graphs (GPU), memory per chip against the chip's capacity, compile seconds, and the
 compiler's cost analysis (which counts a while body once: meaningless for looped programs).
 
@@ -243,7 +243,8 @@ def inference_program(config: Any, target: Target, lr_hw: tuple[int, int],
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from lfcsr_jax import inference
+    from lfcsr_jax.inference.model import _jitted_forwards
+    from lfcsr_jax.inference.settings import bucket_dim
     from lfcsr_jax.models import generator
 
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.model.to_dict().items()}
@@ -255,10 +256,10 @@ def inference_program(config: Any, target: Target, lr_hw: tuple[int, int],
     one_chip = target.first(1)
     replicated = NamedSharding(make_mesh(one_chip), PartitionSpec())
     params = _abstract(params, replicated)
-    h, w = (inference.bucket_dim(n) for n in lr_hw)
+    h, w = (bucket_dim(n) for n in lr_hw)
     image = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32, sharding=replicated)
     mask = jax.ShapeDtypeStruct((1, h, w, 1), jnp.float32, sharding=replicated)
-    apply_both, _, _ = inference._jitted_forwards(json.dumps(cfg, sort_keys=True))  # pylint: disable=protected-access
+    apply_both, _, _ = _jitted_forwards(json.dumps(cfg, sort_keys=True))  # pylint: disable=protected-access
     label = f"inference_{lr_hw[0]}x{lr_hw[1]}"
     report = compile_program(apply_both, (params, image, mask), one_chip, label, keep_dump)
     report["bucketed_lr_shape"] = [h, w]
