@@ -58,7 +58,7 @@ import argparse
 import io
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -356,6 +356,102 @@ def plan_tile(model: LoadedModel, name: str, h: int, w: int, args: argparse.Name
     return tile
 
 
+def _check_run_args(args: argparse.Namespace) -> None:
+    """The flags that need no file read, before anything is loaded."""
+    if not 0.0 <= args.alpha <= 1.0:
+        raise SuperResolveError(f"--alpha={args.alpha} must lie in [0, 1]")
+    if args.tile < 0 or args.tile_overlap < 0 or (args.tile and args.tile_overlap >= args.tile):
+        raise SuperResolveError(f"need --tile >= 0 and 0 <= --tile_overlap < --tile, got "
+                                f"{args.tile}, {args.tile_overlap}")
+    if args.batch < 0:
+        raise SuperResolveError(f"--batch={args.batch} must be >= 0 (0 = auto)")
+
+
+Pair = tuple[Path, Path]  # (input file, output file)
+
+
+def _read_ahead(pool: Any, chunks: Sequence[Sequence[Pair]]
+                ) -> Iterator[tuple[Sequence[Pair], list[tuple[np.ndarray | None, str]]]]:
+    """(chunk, its decoded images) in order; the next chunk decodes while this one runs."""
+    reads = [pool.submit(_read, source) for source, _ in chunks[0]] if chunks else []
+    for index, chunk in enumerate(chunks):
+        decoded = [future.result() for future in reads]
+        if index + 1 < len(chunks):
+            reads = [pool.submit(_read, source) for source, _ in chunks[index + 1]]
+        yield chunk, decoded
+
+
+class _Runner:
+    """Runs decoded images through the model, same-bucket images in batches, and writes the
+    outputs on the pool behind the device. Holds what the run has done: `written`, `failed`."""
+
+    def __init__(self, model: LoadedModel, args: argparse.Namespace, pool: Any, bar: Any,
+                 budget: tuple[int | None, str], batch_limit: int):
+        self.model, self.args, self.pool, self.bar = model, args, pool, bar
+        self.budget, self.budget_source = budget
+        self.batch_limit = batch_limit
+        self.written: list[Path] = []
+        self.failed: list[str] = []
+        self._writes: list[tuple[Any, Path, Path]] = []  # (future, source, target), in order
+        self._groups: dict[tuple[int, int], list[tuple[Path, Path, np.ndarray]]] = {}
+
+    def run_chunk(self, chunk: Sequence[Pair],
+                  decoded: Sequence[tuple[np.ndarray | None, str]]) -> None:
+        for (source, target), (lr, problem) in zip(chunk, decoded):
+            if lr is None:
+                self._flush()  # the images before it first: --fail_fast stops exactly here
+                self.finish_writes(wait=True)
+                self._fail(source, problem)
+                self.bar.update(1)
+                continue
+            tile = plan_tile(self.model, source.name, lr.shape[0], lr.shape[1], self.args,
+                             self.budget, self.budget_source)
+            if tile:
+                sr = super_resolve_array(self.model, lr, self.args.alpha, tile,
+                                         self.args.tile_overlap, self.args.tile_mode)
+                self._write(source, target, sr)
+                self.bar.update(1)
+                continue
+            model = self.model
+            key = model.bucketed_lr_shape(*lr.shape[:2]) if model.bucket else lr.shape[:2]
+            self._groups.setdefault(key, []).append((source, target, lr))
+        self._flush()
+        self.finish_writes(wait=False)
+
+    def _flush(self) -> None:
+        """Runs the queued images, each bucket in batches that fit the memory budget."""
+        for (hb, wb), members in self._groups.items():
+            size = max_batch(self.model, hb, wb, self.budget, self.batch_limit)
+            for start in range(0, len(members), size):
+                part = members[start:start + size]
+                outputs = self.model.predict_batch([lr for _, _, lr in part])
+                alpha = self.args.alpha
+                for (source, target, _), (y_o, y_p) in zip(part, outputs):
+                    self._write(source, target, alpha * y_o + (1.0 - alpha) * y_p)
+                self.bar.update(len(part))
+        self._groups.clear()
+
+    def _write(self, source: Path, target: Path, sr_hxwx3: np.ndarray) -> None:
+        future = self.pool.submit(write_output, target, sr_hxwx3, self.args.format)
+        self._writes.append((future, source, target))
+
+    def finish_writes(self, wait: bool) -> None:
+        """Records the writes that are done (all of them when `wait`), in submission order."""
+        while self._writes and (wait or self._writes[0][0].done()):
+            future, source, target = self._writes.pop(0)
+            try:
+                future.result()
+                self.written.append(target)
+            except OSError as e:
+                self._fail(source, f"{target}: cannot write ({e.strerror or e})")
+
+    def _fail(self, source: Path, problem: str) -> None:
+        if self.args.fail_fast:
+            raise SuperResolveError(problem)
+        print(f"super_resolve: failed: {problem}", file=sys.stderr, flush=True)
+        self.failed.append(str(source))
+
+
 def run(args: argparse.Namespace) -> list[Path]:
     """Reads (a small thread pool, ahead of the device), runs same-bucket images in batches,
     writes (the pool again, behind the device); prints a summary with the compile count."""
@@ -368,16 +464,10 @@ def run(args: argparse.Namespace) -> list[Path]:
     object_store.check_locations([("--checkpoint", args.checkpoint, True),
                                   ("--output", args.output, False),
                                   *(("INPUT", source, True) for source in args.inputs)])
-    if not 0.0 <= args.alpha <= 1.0:
-        raise SuperResolveError(f"--alpha={args.alpha} must lie in [0, 1]")
-    if args.tile < 0 or args.tile_overlap < 0 or (args.tile and args.tile_overlap >= args.tile):
-        raise SuperResolveError(f"need --tile >= 0 and 0 <= --tile_overlap < --tile, got "
-                                f"{args.tile}, {args.tile_overlap}")
-    if args.batch < 0:
-        raise SuperResolveError(f"--batch={args.batch} must be >= 0 (0 = auto)")
+    _check_run_args(args)
     files = collect_inputs(args.inputs)
     check_output(args.output, args.format, len(files))  # before the model is loaded
-    budget, budget_source = memory_budget(args.memory_budget)
+    budget = memory_budget(args.memory_budget)
     configure_compilation_cache(getattr(args, "xla_cache_dir", ""))
     stats_before = CompileStats.snapshot()
     model = load_model(args.checkpoint, args.dtype, args.bucket)
@@ -389,79 +479,22 @@ def run(args: argparse.Namespace) -> list[Path]:
     import jax  # pylint: disable=import-outside-toplevel
 
     batch_limit = args.batch or (1 if jax.default_backend() == "cpu" else 8)
-    written: list[Path] = []
-    failed: list[str] = []
-    writes: list[tuple[Any, Path, Path]] = []
-
-    def fail(source: Path, problem: str) -> None:
-        if args.fail_fast:
-            raise SuperResolveError(problem)
-        print(f"super_resolve: failed: {problem}", file=sys.stderr, flush=True)
-        failed.append(str(source))
-
-    def collect_writes(wait: bool) -> None:
-        while writes and (wait or writes[0][0].done()):
-            future, source, target = writes.pop(0)
-            try:
-                future.result()
-                written.append(target)
-            except OSError as e:
-                fail(source, f"{target}: cannot write ({e.strerror or e})")
-
     pairs = list(zip(files, targets))
-    window = max(2 * batch_limit, 4)
+    window = max(2 * batch_limit, 4)  # images decoded ahead of the device
     chunks = [pairs[i:i + window] for i in range(0, len(pairs), window)]
     with ThreadPoolExecutor(max_workers=3) as pool, \
             tqdm(total=len(pairs), unit="img", file=sys.stderr) as bar:
-        reads = [pool.submit(_read, src) for src, _ in chunks[0]] if chunks else []
-        for index, chunk in enumerate(chunks):
-            current = [f.result() for f in reads]
-            if index + 1 < len(chunks):  # decode the next chunk while the device works
-                reads = [pool.submit(_read, src) for src, _ in chunks[index + 1]]
-            groups: dict[tuple[int, int], list[tuple[Path, Path, np.ndarray]]] = {}
-
-            def flush(groups: dict = groups) -> None:
-                for (hb, wb), members in groups.items():
-                    size = max_batch(model, hb, wb, budget, batch_limit)
-                    for start in range(0, len(members), size):
-                        part = members[start:start + size]
-                        outputs = model.predict_batch([lr for _, _, lr in part])
-                        for (source, target, _), (y_o, y_p) in zip(part, outputs):
-                            sr = args.alpha * y_o + (1.0 - args.alpha) * y_p
-                            writes.append((pool.submit(write_output, target, sr, args.format),
-                                           source, target))
-                        bar.update(len(part))
-                groups.clear()
-
-            for (source, target), (lr, problem) in zip(chunk, current):
-                if lr is None:
-                    flush()  # the images before it first: --fail_fast stops exactly here
-                    collect_writes(wait=True)
-                    fail(source, problem)
-                    bar.update(1)
-                    continue
-                tile = plan_tile(model, source.name, lr.shape[0], lr.shape[1], args, budget,
-                                 budget_source)
-                if tile:
-                    sr = super_resolve_array(model, lr, args.alpha, tile, args.tile_overlap,
-                                             args.tile_mode)
-                    writes.append((pool.submit(write_output, target, sr, args.format), source,
-                                   target))
-                    bar.update(1)
-                    continue
-                key = model.bucketed_lr_shape(*lr.shape[:2]) if model.bucket else lr.shape[:2]
-                groups.setdefault(key, []).append((source, target, lr))
-            flush()
-            collect_writes(wait=False)
-        collect_writes(wait=True)
+        runner = _Runner(model, args, pool, bar, budget, batch_limit)
+        for chunk, decoded in _read_ahead(pool, chunks):
+            runner.run_chunk(chunk, decoded)
+        runner.finish_writes(wait=True)
     stats = CompileStats.since(stats_before)
-    print(f"[super_resolve] written {len(written)}; "
+    print(f"[super_resolve] written {len(runner.written)}; "
           f"{compile_summary(model, stats)}", file=sys.stderr)
-    run.last_summary = {"written": len(written), "compile_count": model.compile_count, **stats}
-    if failed:
-        raise SuperResolveError(f"written {len(written)}, failed {len(failed)}: "
-                                + ", ".join(failed))
-    return written
+    if runner.failed:
+        raise SuperResolveError(f"written {len(runner.written)}, failed {len(runner.failed)}: "
+                                + ", ".join(runner.failed))
+    return runner.written
 
 
 @reports_user_errors("super_resolve")
