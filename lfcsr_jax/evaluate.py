@@ -196,8 +196,7 @@ def model_predictor(checkpoint: paths.PathLike, dtype: str = "", bucket: int | N
 
     The predictor is `LoadedModel.predict` (bucketed exact shapes; `.__self__` is the
     model, whose compile_count the summary reports)."""
-    model = load_model(checkpoint, dtype=dtype,
-                                 bucket=BUCKET if bucket is None else bucket)
+    model = load_model(checkpoint, dtype=dtype, bucket=BUCKET if bucket is None else bucket)
     return model.predict, model.config
 
 

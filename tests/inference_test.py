@@ -17,7 +17,7 @@ from PIL import Image
 from lfcsr_jax import super_resolve
 from lfcsr_jax.inference import memory
 from lfcsr_jax.inference.memory import HOST_MEMORY_SHARE, memory_budget, parse_bytes
-from lfcsr_jax.inference.model import LoadedModel, _jitted_forwards, load_model
+from lfcsr_jax.inference.model import LoadedModel, jitted_forwards, load_model
 from lfcsr_jax.inference.settings import (BUCKET, InferenceError, batch_bucket, bucket_dim,
                                           default_dtype, resolve_dtype)
 from lfcsr_jax.input import image_io
@@ -202,7 +202,7 @@ def test_bucketed_forward_is_exact_for_the_paper_size_model(shared_data):
     rng = np.random.default_rng(0)
     params = jax.tree_util.tree_map(
         lambda s: (0.02 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
-    fns = _jitted_forwards(json.dumps(cfg, sort_keys=True))  # pylint: disable=protected-access
+    fns = jitted_forwards(json.dumps(cfg, sort_keys=True))
     bucketed = LoadedModel(cfg, params, *fns)
     exact = LoadedModel(cfg, params, *fns, bucket=0)
     lr = _benchmark_lr(shared_data, "Set5", 0)[:13, :11]

@@ -359,7 +359,7 @@ def bench_inference_program(config: Any, steps: int, folder_images: int = 100,
     import numpy as np
 
     from lfcsr_jax.inference.compile_cache import CompileStats
-    from lfcsr_jax.inference.model import LoadedModel, _jitted_forwards
+    from lfcsr_jax.inference.model import LoadedModel, jitted_forwards
     from lfcsr_jax.models import generator
 
     stats = CompileStats.snapshot()
@@ -368,7 +368,7 @@ def bench_inference_program(config: Any, steps: int, folder_images: int = 100,
     model_def = generator.build_lfcsr(cfg)
     params = generator.init_params(model_def, jax.random.PRNGKey(5), lr_shape=(1, 16, 16, 3))
     params = generator.cast_for_compute(params, generator.compute_dtype(cfg))
-    fns = _jitted_forwards(json.dumps(cfg, sort_keys=True))  # pylint: disable=protected-access
+    fns = jitted_forwards(json.dumps(cfg, sort_keys=True))
     model = LoadedModel(cfg, params, *fns)
     rng = np.random.default_rng(0)
     row: dict[str, Any] = {"dtype": cfg["dtype"], "mode": "inference"}

@@ -139,7 +139,7 @@ def load_model(checkpoint: str | os.PathLike, dtype: str = "",
     check_params_match_config(path, model_cfg, params)
     model_cfg = dict(model_cfg)
     model_cfg["dtype"] = dtype
-    fns = _jitted_forwards(json.dumps(model_cfg, sort_keys=True))
+    fns = jitted_forwards(json.dumps(model_cfg, sort_keys=True))
     params = generator.cast_for_compute(jax.device_put(params), generator.compute_dtype(model_cfg))
     return LoadedModel(model_cfg, params, *fns, bucket=bucket)
 
@@ -168,7 +168,7 @@ def check_params_match_config(path: paths.Path, model_cfg: dict[str, Any], param
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_forwards(model_cfg_json: str) -> tuple[Callable, Callable, Callable]:
+def jitted_forwards(model_cfg_json: str) -> tuple[Callable, Callable, Callable]:
     """(both stages, G_O, G_P) jitted, shared by every load of the same config, so a second load
     (evaluate then super_resolve, or tests) reuses the compiled executables. Each takes
     (params, x, mask): mask None runs the exact shape, else the bucketed masked forward."""

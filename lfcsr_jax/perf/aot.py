@@ -243,7 +243,7 @@ def inference_program(config: Any, target: Target, lr_hw: tuple[int, int],
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from lfcsr_jax.inference.model import _jitted_forwards
+    from lfcsr_jax.inference.model import jitted_forwards
     from lfcsr_jax.inference.settings import bucket_dim
     from lfcsr_jax.models import generator
 
@@ -259,7 +259,7 @@ def inference_program(config: Any, target: Target, lr_hw: tuple[int, int],
     h, w = (bucket_dim(n) for n in lr_hw)
     image = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32, sharding=replicated)
     mask = jax.ShapeDtypeStruct((1, h, w, 1), jnp.float32, sharding=replicated)
-    apply_both, _, _ = _jitted_forwards(json.dumps(cfg, sort_keys=True))  # pylint: disable=protected-access
+    apply_both, _, _ = jitted_forwards(json.dumps(cfg, sort_keys=True))
     label = f"inference_{lr_hw[0]}x{lr_hw[1]}"
     report = compile_program(apply_both, (params, image, mask), one_chip, label, keep_dump)
     report["bucketed_lr_shape"] = [h, w]
