@@ -72,6 +72,23 @@ def mean_shift(
     return x_BxHxWx3.astype(jnp.float32) + sign * mean
 
 
+@jax.custom_jvp
+def relu(x: jax.Array) -> jax.Array:
+    """max(x, 0), differentiated from its OUTPUT (out > 0 exactly where x > 0).
+
+    jax.nn.relu's derivative reads its input, so the backward keeps a 1-byte mask of the whole
+    pre-activation map as an extra residual, computed by a kernel of its own. Reading the
+    output, which the next convolution's weight gradient keeps anyway, lets cuDNN fuse the ReLU
+    into the convolution before it (docs/design.md section 13)."""
+    return jnp.maximum(x, 0)
+
+
+@relu.defjvp
+def _relu_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    out = relu(primals[0])
+    return out, jnp.where(out > 0, tangents[0], jnp.zeros_like(tangents[0]))
+
+
 class PReLU(nn.Module):
     """Per-channel PReLU, slopes initialised to 0.25 like torch.nn.PReLU."""
 
@@ -94,40 +111,148 @@ class PooledDense(nn.Module):
     around it, where a 1x1 conv on a (B, 1, 1, C) map is a convolution kernel of its own."""
 
     features: int
+
     @nn.compact
-    def __call__(self, x_BxC: jax.Array) -> jax.Array:
+    def weights(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+        """The (in, out) matrix and the (out,) bias, float32."""
         kernel = self.param(
-            "kernel", TORCH_CONV_INIT, (1, 1, x_BxC.shape[-1], self.features), jnp.float32
+            "kernel", TORCH_CONV_INIT, (1, 1, in_features, self.features), jnp.float32
         )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-        # Broadcast-multiply-reduce in float32 rather than a dot: on (B, C) x (C, C/r) shapes a
-        # dot is a library call of its own, while a reduction fuses with its neighbours.
-        products_BxCxF = x_BxC.astype(jnp.float32)[:, :, None] * kernel[0, 0].astype(jnp.float32)
-        return jnp.sum(products_BxCxF, axis=1) + bias.astype(jnp.float32)
+        return kernel[0, 0], bias
+
+    def __call__(self, x_BxC: jax.Array) -> jax.Array:
+        matrix_CxF, bias_F = self.weights(x_BxC.shape[-1])
+        return _pooled_dense(x_BxC, matrix_CxF, bias_F)
+
+
+def _pooled_dense(x_BxC: jax.Array, matrix_CxF: jax.Array, bias_F: jax.Array) -> jax.Array:
+    # Broadcast-multiply-reduce in float32 rather than a dot: on (B, C) x (C, C/r) shapes a
+    # dot is a library call of its own, while a reduction fuses with its neighbours.
+    products_BxCxF = x_BxC.astype(jnp.float32)[:, :, None] * matrix_CxF.astype(jnp.float32)
+    return jnp.sum(products_BxCxF, axis=1) + bias_F.astype(jnp.float32)
+
+
+class ConvBiasApart(nn.Module):
+    """nn.Conv's 'same' conv with bias (same params, names and init), returning the conv output
+    WITHOUT the bias and the bias itself, so that the caller adds the bias where its gradient is
+    cheapest (attention_tail)."""
+
+    features: int
+    kernel: int = 3
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC: jax.Array) -> tuple[jax.Array, jax.Array]:
+        kernel_HxWxCxF = self.param(
+            "kernel", TORCH_CONV_INIT,
+            (self.kernel, self.kernel, x_BxHxWxC.shape[-1], self.features), jnp.float32,
+        )
+        bias_F = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        pad = self.kernel // 2
+        conv_BxHxWxF = jax.lax.conv_general_dilated(
+            x_BxHxWxC.astype(self.dtype), kernel_HxWxCxF.astype(self.dtype), (1, 1),
+            ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return conv_BxHxWxF, bias_F
+
+
+def _excitation(pooled_BxC: jax.Array, squeeze: tuple[jax.Array, jax.Array],
+                excite: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """squeeze -> ReLU -> excite -> sigmoid on the pooled vector: (hidden_BxR, sigmoid_BxC)."""
+    hidden_BxR = nn.relu(_pooled_dense(pooled_BxC, *squeeze))
+    return hidden_BxR, nn.sigmoid(_pooled_dense(hidden_BxR, *excite))
+
+
+@jax.custom_vjp
+def attention_tail(conv_BxHxWxC: jax.Array, bias_C: jax.Array,
+                   squeeze: tuple[jax.Array, jax.Array],
+                   excite: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Channel attention of (conv + bias), for a conv output whose bias was kept apart.
+
+    Same math as ChannelAttention on `conv + bias` (no mask). Its own gradient exists for one
+    reason (docs/design.md section 13): the bias gradient, a sum over every pixel of the whole
+    batch, follows from the two per-image sums that the attention's backward needs anyway
+    (sum of g and of g * conv), so the backward reads the map in ONE reduction pass instead of a
+    second full-size reduction for the bias."""
+    return _attention_tail_forward(conv_BxHxWxC, bias_C, squeeze, excite)[0]
+
+
+def _attention_tail_forward(conv_BxHxWxC, bias_C, squeeze, excite):
+    mapped_BxHxWxC = conv_BxHxWxC + bias_C.astype(conv_BxHxWxC.dtype)
+    pooled_BxC = jnp.mean(mapped_BxHxWxC.astype(jnp.float32), axis=(1, 2))
+    hidden_BxR, sigmoid_BxC = _excitation(pooled_BxC, squeeze, excite)
+    scale_BxC = sigmoid_BxC.astype(conv_BxHxWxC.dtype)
+    out = mapped_BxHxWxC * scale_BxC[:, None, None, :]
+    # The biased map is the residual, not the bare conv output: then XLA can keep the bias add
+    # inside the cuDNN convolution (a bare conv output kept for the backward would have to be
+    # written out, and the add become a kernel of its own).
+    residuals = (mapped_BxHxWxC, bias_C, squeeze, excite, pooled_BxC, hidden_BxR, sigmoid_BxC)
+    return out, residuals
+
+
+def _attention_tail_backward(residuals, grad_BxHxWxC):
+    mapped_BxHxWxC, bias_C, squeeze, excite, pooled_BxC, hidden_BxR, sigmoid_BxC = residuals
+    dtype = mapped_BxHxWxC.dtype
+    pixels = mapped_BxHxWxC.shape[1] * mapped_BxHxWxC.shape[2]
+    grad_f32 = grad_BxHxWxC.astype(jnp.float32)
+    # The two per-image sums: sibling reductions of one input, which XLA fuses into one pass.
+    grad_sum_BxC = jnp.sum(grad_f32, axis=(1, 2))
+    grad_scale_BxC = jnp.sum(grad_f32 * mapped_BxHxWxC.astype(jnp.float32), axis=(1, 2))
+    # Back through sigmoid, excite, ReLU and squeeze on the pooled vector.
+    grad_excite_BxC = grad_scale_BxC * sigmoid_BxC * (1.0 - sigmoid_BxC)
+    excite_matrix_RxC = excite[0].astype(jnp.float32)
+    grad_excite_matrix = jnp.sum(hidden_BxR[:, :, None] * grad_excite_BxC[:, None, :], axis=0)
+    grad_hidden_BxR = jnp.sum(grad_excite_BxC[:, None, :] * excite_matrix_RxC, axis=2)
+    grad_hidden_BxR = jnp.where(hidden_BxR > 0, grad_hidden_BxR, 0.0)
+    squeeze_matrix_CxR = squeeze[0].astype(jnp.float32)
+    grad_squeeze_matrix = jnp.sum(pooled_BxC[:, :, None] * grad_hidden_BxR[:, None, :], axis=0)
+    grad_pooled_BxC = jnp.sum(grad_hidden_BxR[:, None, :] * squeeze_matrix_CxR, axis=2)
+    scale_BxC = sigmoid_BxC.astype(dtype).astype(jnp.float32)
+    grad_conv = grad_f32 * scale_BxC[:, None, None, :] + (grad_pooled_BxC / pixels)[:, None, None, :]
+    grad_bias_C = jnp.sum(scale_BxC * grad_sum_BxC + grad_pooled_BxC, axis=0)
+    return (
+        grad_conv.astype(dtype),
+        grad_bias_C.astype(bias_C.dtype),
+        (grad_squeeze_matrix.astype(squeeze[0].dtype),
+         jnp.sum(grad_hidden_BxR, axis=0).astype(squeeze[1].dtype)),
+        (grad_excite_matrix.astype(excite[0].dtype),
+         jnp.sum(grad_excite_BxC, axis=0).astype(excite[1].dtype)),
+    )
+
+
+attention_tail.defvjp(_attention_tail_forward, _attention_tail_backward)
 
 
 class ChannelAttention(nn.Module):
     """RCAN channel attention: GAP -> 1x1 C->C/r -> ReLU -> 1x1 C/r->C -> sigmoid -> scale.
 
     The squeeze/excite maps run on the pooled (B, C) vector as float32 dense math (PooledDense):
-    the arithmetic of the 1x1 convolutions on a 1x1 map, without their kernel launches."""
+    the arithmetic of the 1x1 convolutions on a 1x1 map, without their kernel launches.
+    `bias` (C,): `x` is a conv output whose bias is still to be added (ConvBiasApart); the
+    attention adds it, and without a mask differentiates through attention_tail."""
 
     reduction: int = 16
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x_BxHxWxC: jax.Array, mask_BxHxWx1: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x_BxHxWxC: jax.Array, mask_BxHxWx1: jax.Array | None = None,
+                 bias_C: jax.Array | None = None) -> jax.Array:
         """`mask` (1 = valid): the pool is the mean over valid pixels; `x` must be 0 elsewhere."""
         channels = x_BxHxWxC.shape[-1]
+        squeeze = PooledDense(channels // self.reduction, name="squeeze").weights(channels)
+        excite = PooledDense(channels, name="excite").weights(channels // self.reduction)
+        if mask_BxHxWx1 is None and bias_C is not None:
+            return attention_tail(x_BxHxWxC, bias_C, squeeze, excite)
+        if bias_C is not None:
+            x_BxHxWxC = apply_mask(x_BxHxWxC + bias_C.astype(x_BxHxWxC.dtype), mask_BxHxWx1)
         if mask_BxHxWx1 is None:
             pooled_BxC = jnp.mean(x_BxHxWxC.astype(jnp.float32), axis=(1, 2))
         else:
             count_Bx1 = jnp.maximum(jnp.sum(mask_BxHxWx1.astype(jnp.float32), axis=(1, 2)), 1.0)
             pooled_BxC = jnp.sum(x_BxHxWxC.astype(jnp.float32), axis=(1, 2)) / count_Bx1
-        y_BxR = nn.relu(PooledDense(channels // self.reduction, name="squeeze")(pooled_BxC))
-        y_BxC = PooledDense(channels, name="excite")(y_BxR)
-        scale_Bx1x1xC = nn.sigmoid(y_BxC).astype(x_BxHxWxC.dtype)[:, None, None, :]
-        return x_BxHxWxC * scale_Bx1x1xC
+        _, sigmoid_BxC = _excitation(pooled_BxC, squeeze, excite)
+        return x_BxHxWxC * sigmoid_BxC.astype(x_BxHxWxC.dtype)[:, None, None, :]
 
 
 class RCAB(nn.Module):
@@ -143,9 +268,10 @@ class RCAB(nn.Module):
                  ) -> tuple[jax.Array, None]:
         channels = x_BxHxWxC.shape[-1]
         y = conv(channels, 3, self.dtype, "conv1")(x_BxHxWxC)
-        y = apply_mask(nn.relu(y), mask_BxHxWx1)
-        y = apply_mask(conv(channels, 3, self.dtype, "conv2")(y), mask_BxHxWx1)
-        y = ChannelAttention(self.reduction, self.dtype, name="attention")(y, mask_BxHxWx1)
+        y = apply_mask(relu(y), mask_BxHxWx1)
+        conv2_BxHxWxC, bias2_C = ConvBiasApart(channels, 3, self.dtype, name="conv2")(y)
+        y = ChannelAttention(self.reduction, self.dtype, name="attention")(
+            conv2_BxHxWxC, mask_BxHxWx1, bias2_C)
         return x_BxHxWxC + y, None
 
 

@@ -1,0 +1,102 @@
+"""The hand-written derivatives of the RCAB (layers.relu, layers.attention_tail) against autodiff
+of the plain math, restated here: same values, same gradients (docs/design.md section 13)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lfcsr_jax.models import layers
+
+
+def _plain_attention(conv, bias, squeeze, excite):
+    """RCAN channel attention of conv + bias, as the authors write it (GAP, 1x1, ReLU, 1x1,
+    sigmoid, scale), with jax.nn and a matrix product."""
+    mapped = conv + bias
+    pooled = mapped.mean(axis=(1, 2))
+    hidden = jax.nn.relu(pooled @ squeeze[0] + squeeze[1])
+    scale = jax.nn.sigmoid(hidden @ excite[0] + excite[1])
+    return mapped * scale[:, None, None, :]
+
+
+def _random_inputs(key, dtype, batch=3, height=5, width=7, channels=16, reduced=4):
+    keys = jax.random.split(key, 6)
+    conv = jax.random.normal(keys[0], (batch, height, width, channels), dtype)
+    bias = jax.random.normal(keys[1], (channels,), dtype)
+    squeeze = (jax.random.normal(keys[2], (channels, reduced), dtype),
+               0.1 * jax.random.normal(keys[3], (reduced,), dtype))
+    excite = (jax.random.normal(keys[4], (reduced, channels), dtype),
+              0.1 * jax.random.normal(keys[5], (channels,), dtype))
+    return conv, bias, squeeze, excite
+
+
+def test_attention_tail_value_and_every_gradient_match_autodiff_in_float64():
+    with jax.enable_x64(True):
+        conv, bias, squeeze, excite = _random_inputs(jax.random.PRNGKey(0), jnp.float64)
+        target = jax.random.normal(jax.random.PRNGKey(1), conv.shape, jnp.float64)
+
+        def loss(function):
+            return lambda *args: jnp.sum((function(*args) - target) ** 2)
+
+        ours, our_grads = jax.value_and_grad(loss(layers.attention_tail), (0, 1, 2, 3))(
+            conv, bias, squeeze, excite)
+        plain, plain_grads = jax.value_and_grad(loss(_plain_attention), (0, 1, 2, 3))(
+            conv, bias, squeeze, excite)
+        # The attention's pooled-vector math runs in float32 by design: 1e-6, not 1e-12. A wrong
+        # term in the backward would be off by the size of the gradient itself.
+        np.testing.assert_allclose(ours, plain, rtol=1e-6)
+        # Some hidden units must be inactive, or the ReLU branch of the backward is untested.
+        hidden = (conv + bias).mean(axis=(1, 2)) @ squeeze[0] + squeeze[1]
+        assert bool(jnp.any(hidden < 0)) and bool(jnp.any(hidden > 0))
+        for ours_leaf, plain_leaf in zip(jax.tree.leaves(our_grads), jax.tree.leaves(plain_grads)):
+            assert ours_leaf.shape == plain_leaf.shape
+            scale = float(jnp.max(jnp.abs(plain_leaf)))
+            np.testing.assert_allclose(ours_leaf, plain_leaf, atol=1e-6 * scale)
+
+
+def test_relu_derivative_reads_the_output_and_equals_jax_nn_relu_including_zero():
+    x = jnp.array([-2.0, -0.0, 0.0, 1e-30, 3.0])
+    np.testing.assert_array_equal(layers.relu(x), jax.nn.relu(x))
+    ours = jax.grad(lambda v: jnp.sum(layers.relu(v) * jnp.arange(1.0, 6.0)))(x)
+    theirs = jax.grad(lambda v: jnp.sum(jax.nn.relu(v) * jnp.arange(1.0, 6.0)))(x)
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(ours, [0.0, 0.0, 0.0, 4.0, 5.0])
+
+
+def _plain_rcab(params, x):
+    def conv(y, p):
+        return jax.lax.conv_general_dilated(
+            y, p["kernel"], (1, 1), ((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"]
+
+    y = jax.nn.relu(conv(x, params["conv1"]))
+    conv2 = conv(y, params["conv2"]) - params["conv2"]["bias"]
+    attention = params["attention"]
+    squeeze = (attention["squeeze"]["kernel"][0, 0], attention["squeeze"]["bias"])
+    excite = (attention["excite"]["kernel"][0, 0], attention["excite"]["bias"])
+    return x + _plain_attention(conv2, params["conv2"]["bias"], squeeze, excite)
+
+
+def test_rcab_forward_and_parameter_gradients_match_the_plain_block_in_float32():
+    x = jax.random.normal(jax.random.PRNGKey(2), (2, 6, 5, 32))
+    block = layers.RCAB(reduction=16)
+    params = block.init(jax.random.PRNGKey(3), x)["params"]
+    # Non-zero biases everywhere (they initialise to zero), so the bias gradients are exercised.
+    params = jax.tree.map(
+        lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(4), p.shape), params)
+    target = jax.random.normal(jax.random.PRNGKey(5), x.shape)
+
+    def loss(function):
+        return lambda p: jnp.sum((function(p) - target) ** 2)
+
+    ours, our_grads = jax.value_and_grad(loss(lambda p: block.apply({"params": p}, x)[0]))(params)
+    plain, plain_grads = jax.value_and_grad(loss(lambda p: _plain_rcab(p, x)))(params)
+    np.testing.assert_allclose(ours, plain, rtol=1e-5)
+    assert jax.tree.structure(our_grads) == jax.tree.structure(plain_grads)
+    for (path, ours_leaf), plain_leaf in zip(jax.tree_util.tree_leaves_with_path(our_grads),
+                                             jax.tree.leaves(plain_grads)):
+        scale = float(jnp.max(jnp.abs(plain_leaf)))
+        assert scale > 0, path
+        np.testing.assert_allclose(ours_leaf, plain_leaf, atol=2e-5 * scale,
+                                   err_msg=jax.tree_util.keystr(path))
