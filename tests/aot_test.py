@@ -19,7 +19,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Kernels per execution, tiny config, bf16, batch 4 (lfcsr_jax/perf/compiled_counts.py).
-TINY_KERNEL_CEILINGS = {"pretrain": 500, "admm": 1036, "inference_32x32": 116}
+# Reached since the RCAB's hand-written derivatives (before: 500, 1036, 116).
+TINY_KERNEL_CEILINGS = {"pretrain": 493, "admm": 1029, "inference_32x32": 116}
 
 
 def _aot(target: str, *extra: str, flags: str = "capture", timeout: int = 900) -> dict:
