@@ -3,6 +3,7 @@ automatic tiling on a small memory budget, batching equals one image at a time."
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -89,7 +90,8 @@ def _stub_model(bucket):
 
 
 def test_compile_count_over_set14(shared_data):
-    """Set14 (14 images, 10 LR sizes): one compile per size with exact shapes, 8 with buckets."""
+    """Set14 (14 images, 10 LR sizes): one compile per size with exact shapes, 8 with buckets
+    (img_003's 128 x 128 fills the bucket img_001 opened masked: it reuses that program)."""
     images = [_benchmark_lr(shared_data, "Set14", i) for i in range(14)]
     counts = {}
     for bucket in (0, BUCKET):
@@ -119,6 +121,25 @@ def test_batching_equals_one_at_a_time(bucketed):
     for lr, (b_o, b_p) in zip(lrs, batched):
         y_o, y_p = bucketed.predict(lr)
         assert np.abs(b_o - y_o).max() < 1e-3 and np.abs(b_p - y_p).max() < 1e-3
+
+
+def test_a_full_bucket_runs_unmasked_with_the_masked_result(bucketed):
+    """A 32 x 64 image fills its bucket: a fresh LoadedModel runs the unmasked program, its
+    output is the masked forward's with an all-ones mask, and once the bucket's masked program
+    exists a full image reuses it."""
+    lr = np.random.default_rng(3).integers(0, 256, (32, 64, 3)).astype(np.uint8)
+    model = dataclasses.replace(bucketed, compiled_shapes=set())
+    assert model.bucketed_lr_shape(32, 64) == (32, 64)
+    y_o, y_p = model.predict(lr)
+    assert model.compiled_shapes == {("both", (1, 32, 64, 3), True)}
+    model.predict(lr[:30])  # padded: the masked program of the same bucket
+    model.predict(lr)  # full again: reuses it
+    assert model.compiled_shapes == {("both", (1, 32, 64, 3), b) for b in (True, False)}
+    ones = np.ones((1, 32, 64, 1), np.float32)
+    m_o, m_p = bucketed.apply_fn(bucketed.params, lr[None].astype(np.float32), ones)
+    assert np.abs(np.asarray(m_o)[0] - y_o).max() < 1e-3
+    assert np.abs(np.asarray(m_p)[0] - y_p).max() < 1e-3
+    assert np.abs(y_p).max() > 10.0  # a real signal
 
 
 def test_super_resolve_batches_and_auto_tiles(tmp_path, export_dir, capsys):

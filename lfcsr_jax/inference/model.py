@@ -1,9 +1,11 @@
 """An export loaded and jitted: `load_model` -> `LoadedModel.predict(lr) -> (Y', Y)`.
 
-* `LoadedModel.compiled_shapes`: the distinct (stage, input shape) programs this model ran, i.e.
-  the compiles it caused (or loaded from the persistent cache, compile_cache.py).
+* `LoadedModel.compiled_shapes`: the distinct (stage, input shape, unmasked) programs this model
+  ran, i.e. the compiles it caused (or loaded from the persistent cache, compile_cache.py).
 * Checkpoints may be local folders or gs:// URIs (lfcsr_jax.paths).
-* Every image runs in its bucket with a valid-pixel mask (settings.py).
+* Every image runs in its bucket with a valid-pixel mask (settings.py); a batch that fills its
+  bucket exactly (no padding) runs the unmasked forward, unless the masked program of that
+  bucket has already been compiled (then it reuses that one: no extra compile).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class LoadedModel:
             if len(set(shapes)) != 1:
                 raise ValueError(f"exact-shape batches need one image size, got {shapes}")
             x = np.stack([np.asarray(i, np.float32) for i in images])
-            key, mask = (stage, x.shape), None
+            key, mask = (stage, x.shape, True), None
         else:
             hb = max(bucket_dim(h, step) for h, _ in shapes)
             wb = max(bucket_dim(w, step) for _, w in shapes)
@@ -67,8 +69,15 @@ class LoadedModel:
             for k, (img, (h, w)) in enumerate(zip(images, shapes)):
                 x[k, :h, :w] = img
                 mask[k, :h, :w] = 1.0
-            key = (stage, x.shape)
         with self._lock:
+            if mask is not None:
+                # A batch that fills its bucket has no padding to zero: the unmasked forward is
+                # the same math in fewer kernels (docs/design.md section 13), but a program of
+                # its own, so it runs only where the masked one has not been compiled already.
+                masked_key = (stage, x.shape, False)
+                if mask.min() == 1.0 and masked_key not in self.compiled_shapes:
+                    mask = None
+                key = (stage, x.shape, mask is None)
             self.compiled_shapes.add(key)
             out = fn(params, x, mask)
         outs = out if isinstance(out, tuple) else (out,)

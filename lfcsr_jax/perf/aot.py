@@ -235,8 +235,9 @@ def training_programs(config: Any, target: Target, phases: tuple[str, ...] = PHA
 
 def inference_program(config: Any, target: Target, lr_hw: tuple[int, int],
                       keep_dump: str = "") -> dict[str, Any]:
-    """The forward super_resolve runs for one image of LR size `lr_hw` (bucketed, masked, params
-    already in the compute dtype) on one chip of `target`."""
+    """The forward super_resolve runs for one image of LR size `lr_hw` (in its bucket, masked
+    unless it fills the bucket exactly, as LoadedModel runs it; params already in the compute
+    dtype) on one chip of `target`."""
     import json
 
     import jax
@@ -258,9 +259,11 @@ def inference_program(config: Any, target: Target, lr_hw: tuple[int, int],
     params = _abstract(params, replicated)
     h, w = (bucket_dim(n) for n in lr_hw)
     image = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32, sharding=replicated)
-    mask = jax.ShapeDtypeStruct((1, h, w, 1), jnp.float32, sharding=replicated)
+    mask = (None if (h, w) == tuple(lr_hw)
+            else jax.ShapeDtypeStruct((1, h, w, 1), jnp.float32, sharding=replicated))
     apply_both, _, _ = jitted_forwards(json.dumps(cfg, sort_keys=True))
     label = f"inference_{lr_hw[0]}x{lr_hw[1]}"
     report = compile_program(apply_both, (params, image, mask), one_chip, label, keep_dump)
     report["bucketed_lr_shape"] = [h, w]
+    report["masked"] = mask is not None
     return report
