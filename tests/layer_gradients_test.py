@@ -100,3 +100,45 @@ def test_rcab_forward_and_parameter_gradients_match_the_plain_block_in_float32()
         assert scale > 0, path
         np.testing.assert_allclose(ours_leaf, plain_leaf, atol=2e-5 * scale,
                                    err_msg=jax.tree_util.keystr(path))
+
+
+def test_forward_only_attention_equals_the_plain_math_banded_or_not_masked_or_not():
+    """attention_tail undifferentiated and ChannelAttention's masked path run the forward-only
+    form: banded pool + squeeze from the band sums above 64 x 64 pixels, the plain pool below.
+    Against a float64 numpy restatement, for both sizes, with the pool's divisor the pixel
+    count or a per-image valid count."""
+    for height, width in ((96, 80), (20, 24)):  # 7,680 pixels: banded; 480: plain
+        with jax.enable_x64(True):
+            conv, bias, squeeze, excite = _random_inputs(
+                jax.random.PRNGKey(2), jnp.float64, batch=2, height=height, width=width)
+        conv, bias = np.asarray(conv), np.asarray(bias)
+        squeeze = tuple(np.asarray(w) for w in squeeze)
+        excite = tuple(np.asarray(w) for w in excite)
+        mapped = conv + bias
+        for pixels in (height * width, np.array([[height * width / 3.0], [1000.0]])):
+            pooled = mapped.sum(axis=(1, 2)) / pixels
+            hidden = np.maximum(pooled @ squeeze[0] + squeeze[1], 0.0)
+            expected = mapped / (1.0 + np.exp(-(hidden @ excite[0] + excite[1])))[:, None, None]
+            ours = layers._scaled_by_attention(  # pylint: disable=protected-access
+                jnp.asarray(mapped, jnp.float32), jnp.asarray(pixels, jnp.float32),
+                tuple(jnp.asarray(w, jnp.float32) for w in squeeze),
+                tuple(jnp.asarray(w, jnp.float32) for w in excite))
+            np.testing.assert_allclose(np.asarray(ours), expected, rtol=2e-5,
+                                       atol=2e-5 * np.abs(expected).max())
+        tail = layers.attention_tail(*(jnp.asarray(a, jnp.float32) for a in (conv, bias)),
+                                     tuple(jnp.asarray(w, jnp.float32) for w in squeeze),
+                                     tuple(jnp.asarray(w, jnp.float32) for w in excite))
+        pooled = mapped.mean(axis=(1, 2))
+        hidden = np.maximum(pooled @ squeeze[0] + squeeze[1], 0.0)
+        expected = mapped / (1.0 + np.exp(-(hidden @ excite[0] + excite[1])))[:, None, None]
+        np.testing.assert_allclose(np.asarray(tail), expected, rtol=2e-5,
+                                   atol=2e-5 * np.abs(expected).max())
+
+
+def test_pool_bands_divide_the_height_within_the_second_stage_budget():
+    # Hand-counted: the largest divisor of the height with bands x 64 channels <= 4096.
+    assert layers._pool_bands(128, 64) == 64  # pylint: disable=protected-access
+    assert layers._pool_bands(288, 64) == 48  # pylint: disable=protected-access
+    assert layers._pool_bands(37, 64) == 37  # pylint: disable=protected-access
+    assert layers._pool_bands(97, 64) == 1  # pylint: disable=protected-access
+    assert layers._pool_bands(96, 8) == 96  # pylint: disable=protected-access

@@ -86,7 +86,11 @@ def relu(x: jax.Array) -> jax.Array:
 @relu.defjvp
 def _relu_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[jax.Array, jax.Array]:
     out = relu(primals[0])
-    return out, jnp.where(out > 0, tangents[0], jnp.zeros_like(tangents[0]))
+    # The barrier keeps XLA from rewriting `max(x, 0) > 0` as `x > 0`: that reads the
+    # pre-activation in the backward, so the convolution must write it out and cannot take the
+    # ReLU inside (200 kernels of the pre-training step, docs/design.md section 13).
+    positive = jax.lax.optimization_barrier(out) > 0
+    return out, jnp.where(positive, tangents[0], jnp.zeros_like(tangents[0]))
 
 
 class PReLU(nn.Module):
@@ -164,6 +168,56 @@ def _excitation(pooled_BxC: jax.Array, squeeze: tuple[jax.Array, jax.Array],
     return hidden_BxR, nn.sigmoid(_pooled_dense(hidden_BxR, *excite))
 
 
+def _excite_sigmoid(hidden_BxR: jax.Array, excite: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """sigmoid(hidden @ excite + bias), the product written as R multiply-adds (R = C/r, 4 in
+    the paper) rather than a reduction, so that it never needs a reduction kernel of its own."""
+    matrix_RxC, bias_C = (w.astype(jnp.float32) for w in excite)
+    logits_BxC = bias_C + hidden_BxR[:, 0, None] * matrix_RxC[0]
+    for r in range(1, matrix_RxC.shape[0]):
+        logits_BxC = logits_BxC + hidden_BxR[:, r, None] * matrix_RxC[r]
+    return nn.sigmoid(logits_BxC)
+
+
+# Up to this many pixels per image a whole-map pool is one kernel and the plain form is as
+# short or shorter (measured, deviceless H200 compile: 64 x 64 x 64 the same, 32 x 32 x 8 one
+# kernel fewer); from 128 x 128 XLA splits the pool and the banded form saves a kernel.
+SMALL_POOL_PIXELS = 64 * 64
+
+
+def _pool_bands(height: int, channels: int) -> int:
+    """How many horizontal bands the pool's first stage sums separately: the most that divide
+    the height with bands x channels <= 4096, small enough for the second stage (which reduces
+    bands x channels values per output) to be one kernel; each band then holds few enough
+    pixels for the first stage to be one kernel at inference sizes."""
+    limit = max(4096 // channels, 1)
+    return max(k for k in range(1, min(height, limit) + 1) if height % k == 0)
+
+
+def _scaled_by_attention(x_BxHxWxC: jax.Array, pixels_Bx1: jax.Array | float,
+                         squeeze: tuple[jax.Array, jax.Array],
+                         excite: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """x * sigmoid(excite(relu(squeeze(mean pool(x))))), the forward-only form (inference).
+
+    On an inference-sized map XLA splits a whole-map pool into two reductions; here the first
+    is explicit (sums over horizontal bands, _pool_bands) and the second carries the squeeze
+    (linearity: mean pool @ W = sum over bands and channels of band sums times W, / pixels), so
+    the pool and the squeeze take two kernels instead of three (docs/design.md section 13). `pixels`: what the pool divides
+    by (per image where masked)."""
+    batch, height, width, channels = x_BxHxWxC.shape
+    if height * width <= SMALL_POOL_PIXELS:
+        pooled_BxC = jnp.sum(x_BxHxWxC.astype(jnp.float32), axis=(1, 2)) / pixels_Bx1
+        _, sigmoid_BxC = _excitation(pooled_BxC, squeeze, excite)
+        return x_BxHxWxC * sigmoid_BxC.astype(x_BxHxWxC.dtype)[:, None, None, :]
+    bands = _pool_bands(height, channels)
+    banded = x_BxHxWxC.astype(jnp.float32).reshape(batch, bands, height // bands, width, channels)
+    band_sums_BxKxC = jnp.sum(banded, axis=(2, 3))
+    matrix_CxR, bias_R = (w.astype(jnp.float32) for w in squeeze)
+    summed_BxR = jnp.sum(band_sums_BxKxC[:, :, :, None] * matrix_CxR, axis=(1, 2))
+    hidden_BxR = jnp.maximum(summed_BxR / pixels_Bx1 + bias_R, 0.0)
+    sigmoid_BxC = _excite_sigmoid(hidden_BxR, excite)
+    return x_BxHxWxC * sigmoid_BxC.astype(x_BxHxWxC.dtype)[:, None, None, :]
+
+
 @jax.custom_vjp
 def attention_tail(conv_BxHxWxC: jax.Array, bias_C: jax.Array,
                    squeeze: tuple[jax.Array, jax.Array],
@@ -174,8 +228,12 @@ def attention_tail(conv_BxHxWxC: jax.Array, bias_C: jax.Array,
     reason (docs/design.md section 13): the bias gradient, a sum over every pixel of the whole
     batch, follows from the two per-image sums that the attention's backward needs anyway
     (sum of g and of g * conv), so the backward reads the map in ONE reduction pass instead of a
-    second full-size reduction for the bias."""
-    return _attention_tail_forward(conv_BxHxWxC, bias_C, squeeze, excite)[0]
+    second full-size reduction for the bias. Undifferentiated (inference) it runs the
+    forward-only form; differentiated, the forward that keeps the pooled vector for the
+    backward (on training-sized maps the pool is one kernel, so that form costs nothing)."""
+    mapped_BxHxWxC = conv_BxHxWxC + bias_C.astype(conv_BxHxWxC.dtype)
+    pixels = mapped_BxHxWxC.shape[1] * mapped_BxHxWxC.shape[2]
+    return _scaled_by_attention(mapped_BxHxWxC, pixels, squeeze, excite)
 
 
 def _attention_tail_forward(conv_BxHxWxC, bias_C, squeeze, excite):
@@ -247,12 +305,10 @@ class ChannelAttention(nn.Module):
         if bias_C is not None:
             x_BxHxWxC = apply_mask(x_BxHxWxC + bias_C.astype(x_BxHxWxC.dtype), mask_BxHxWx1)
         if mask_BxHxWx1 is None:
-            pooled_BxC = jnp.mean(x_BxHxWxC.astype(jnp.float32), axis=(1, 2))
+            pixels = x_BxHxWxC.shape[1] * x_BxHxWxC.shape[2]
         else:
-            count_Bx1 = jnp.maximum(jnp.sum(mask_BxHxWx1.astype(jnp.float32), axis=(1, 2)), 1.0)
-            pooled_BxC = jnp.sum(x_BxHxWxC.astype(jnp.float32), axis=(1, 2)) / count_Bx1
-        _, sigmoid_BxC = _excitation(pooled_BxC, squeeze, excite)
-        return x_BxHxWxC * sigmoid_BxC.astype(x_BxHxWxC.dtype)[:, None, None, :]
+            pixels = jnp.maximum(jnp.sum(mask_BxHxWx1.astype(jnp.float32), axis=(1, 2)), 1.0)
+        return _scaled_by_attention(x_BxHxWxC, pixels, squeeze, excite)
 
 
 class RCAB(nn.Module):
