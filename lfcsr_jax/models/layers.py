@@ -89,7 +89,7 @@ def _relu_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[ja
     # On a GPU the barrier keeps XLA from rewriting `max(x, 0) > 0` as `x > 0`: that reads the
     # pre-activation in the backward, so the convolution must write it out and cannot take the
     # ReLU inside (200 kernels of the pre-training step, docs/design.md section 13). Elsewhere
-    # it only stops fusion (the CPU step measured ~30% slower with it).
+    # it could only stop fusion.
     positive = jax.lax.platform_dependent(
         out, cuda=jax.lax.optimization_barrier, default=lambda value: value) > 0
     return out, jnp.where(positive, tangents[0], jnp.zeros_like(tangents[0]))
