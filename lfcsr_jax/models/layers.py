@@ -184,14 +184,16 @@ def _excite_sigmoid(hidden_BxR: jax.Array, excite: tuple[jax.Array, jax.Array]) 
 # short or shorter (measured, deviceless H200 compile: 64 x 64 x 64 the same, 32 x 32 x 8 one
 # kernel fewer); from 128 x 128 XLA splits the pool and the banded form saves a kernel.
 SMALL_POOL_PIXELS = 64 * 64
+# Values the pool's second stage reduces per output (bands x channels) at most.
+SECOND_STAGE_VALUES = 4096
 
 
 def _pool_bands(height: int, channels: int) -> int:
     """How many horizontal bands the pool's first stage sums separately: the most that divide
-    the height with bands x channels <= 4096, small enough for the second stage (which reduces
-    bands x channels values per output) to be one kernel; each band then holds few enough
-    pixels for the first stage to be one kernel at inference sizes."""
-    limit = max(4096 // channels, 1)
+    the height with bands x channels <= SECOND_STAGE_VALUES, small enough for the second stage
+    to be one kernel; each band then holds few enough pixels for the first stage to be one
+    kernel at inference sizes."""
+    limit = max(SECOND_STAGE_VALUES // channels, 1)
     return max(k for k in range(1, min(height, limit) + 1) if height % k == 0)
 
 
@@ -203,8 +205,8 @@ def _scaled_by_attention(x_BxHxWxC: jax.Array, pixels_Bx1: jax.Array | float,
     On an inference-sized map XLA splits a whole-map pool into two reductions; here the first
     is explicit (sums over horizontal bands, _pool_bands) and the second carries the squeeze
     (linearity: mean pool @ W = sum over bands and channels of band sums times W, / pixels), so
-    the pool and the squeeze take two kernels instead of three (docs/design.md section 13). `pixels`: what the pool divides
-    by (per image where masked)."""
+    the pool and the squeeze take two kernels instead of three (docs/design.md section 13).
+    `pixels`: what the pool divides by (per image where masked)."""
     batch, height, width, channels = x_BxHxWxC.shape
     if height * width <= SMALL_POOL_PIXELS:
         pooled_BxC = jnp.sum(x_BxHxWxC.astype(jnp.float32), axis=(1, 2)) / pixels_Bx1
