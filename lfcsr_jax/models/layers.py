@@ -222,6 +222,22 @@ def _scaled_by_attention(x_BxHxWxC: jax.Array, pixels_Bx1: jax.Array | float,
     return x_BxHxWxC * sigmoid_BxC.astype(x_BxHxWxC.dtype)[:, None, None, :]
 
 
+def _times_columns(x_BxR: jax.Array, matrix_CxR: jax.Array, reverse: bool = False) -> jax.Array:
+    """x @ matrix.T, summed over R (= C/r, 4 in the paper) by halving rather than by a reduction:
+    elementwise math that XLA fuses into the one consumer, where a reduction would be a kernel
+    of its own. `reverse` adds the halves the other way round (same value up to rounding), so
+    that XLA does not merge two uses into one shared result with two consumers."""
+    terms_BxCxR = x_BxR[:, None, :] * matrix_CxR[None, :, :]
+    while terms_BxCxR.shape[-1] > 1:
+        half = terms_BxCxR.shape[-1] // 2
+        low, high = terms_BxCxR[..., :half], terms_BxCxR[..., half:2 * half]
+        summed = high + low if reverse else low + high
+        if terms_BxCxR.shape[-1] % 2:
+            summed = summed.at[..., :1].add(terms_BxCxR[..., -1:])
+        terms_BxCxR = summed
+    return terms_BxCxR[..., 0]
+
+
 @jax.custom_vjp
 def attention_tail(conv_BxHxWxC: jax.Array, bias_C: jax.Array,
                    squeeze: tuple[jax.Array, jax.Array],
@@ -265,19 +281,29 @@ def _attention_tail_backward(residuals, grad_BxHxWxC):
     grad_excite_BxC = grad_scale_BxC * sigmoid_BxC * (1.0 - sigmoid_BxC)
     excite_matrix_RxC = excite[0].astype(jnp.float32)
     grad_excite_matrix = jnp.sum(hidden_BxR[:, :, None] * grad_excite_BxC[:, None, :], axis=0)
-    grad_hidden_BxR = jnp.sum(grad_excite_BxC[:, None, :] * excite_matrix_RxC, axis=2)
-    grad_hidden_BxR = jnp.where(hidden_BxR > 0, grad_hidden_BxR, 0.0)
+    # The ReLU's derivative inside the reduction, so that no kernel of its own applies it.
+    active_BxR = (hidden_BxR > 0).astype(jnp.float32)
+    grad_hidden_BxR = jnp.sum(grad_excite_BxC[:, None, :] * excite_matrix_RxC
+                              * active_BxR[:, :, None], axis=2)
     squeeze_matrix_CxR = squeeze[0].astype(jnp.float32)
-    grad_squeeze_matrix = jnp.sum(pooled_BxC[:, :, None] * grad_hidden_BxR[:, None, :], axis=0)
-    grad_pooled_BxC = jnp.sum(grad_hidden_BxR[:, None, :] * squeeze_matrix_CxR, axis=2)
+    # The squeeze's matrix and bias gradients as ONE reduction over the batch: the pooled vector
+    # with a column of ones, whose row of the product is the bias gradient.
+    pooled_ones_BxC1 = jnp.concatenate([pooled_BxC, jnp.ones_like(pooled_BxC[:, :1])], axis=1)
+    grad_squeeze_C1xR = jnp.sum(pooled_ones_BxC1[:, :, None] * grad_hidden_BxR[:, None, :], axis=0)
+    grad_squeeze_matrix, grad_squeeze_bias_R = grad_squeeze_C1xR[:-1], grad_squeeze_C1xR[-1]
+    # The pooled vector's gradient as R multiply-adds, once for the map's gradient and once, in
+    # the other order (so that XLA does not merge the two), inside the bias gradient's sum: each
+    # fuses into its one consumer instead of being a kernel of its own.
     scale_BxC = sigmoid_BxC.astype(dtype).astype(jnp.float32)
+    grad_pooled_BxC = _times_columns(grad_hidden_BxR, squeeze_matrix_CxR)
     grad_conv = grad_f32 * scale_BxC[:, None, None, :] + (grad_pooled_BxC / pixels)[:, None, None, :]
-    grad_bias_C = jnp.sum(scale_BxC * grad_sum_BxC + grad_pooled_BxC, axis=0)
+    grad_pooled_again_BxC = _times_columns(grad_hidden_BxR, squeeze_matrix_CxR, reverse=True)
+    grad_bias_C = jnp.sum(scale_BxC * grad_sum_BxC + grad_pooled_again_BxC, axis=0)
     return (
         grad_conv.astype(dtype),
         grad_bias_C.astype(bias_C.dtype),
         (grad_squeeze_matrix.astype(squeeze[0].dtype),
-         jnp.sum(grad_hidden_BxR, axis=0).astype(squeeze[1].dtype)),
+         grad_squeeze_bias_R.astype(squeeze[1].dtype)),
         (grad_excite_matrix.astype(excite[0].dtype),
          jnp.sum(grad_excite_BxC, axis=0).astype(excite[1].dtype)),
     )
