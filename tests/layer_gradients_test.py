@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lfcsr_jax.models import layers
 
@@ -142,3 +143,37 @@ def test_pool_bands_divide_the_height_within_the_second_stage_budget():
     assert layers._pool_bands(37, 64) == 37  # pylint: disable=protected-access
     assert layers._pool_bands(97, 64) == 1  # pylint: disable=protected-access
     assert layers._pool_bands(96, 8) == 96  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("row_sums_first", [False, True])
+def test_biased_prelu_value_and_every_gradient_match_autodiff_in_float64(monkeypatch,
+                                                                         row_sums_first):
+    """layers.biased_prelu (the Res-clique unit's bias + PReLU, with one sum for both parameter
+    gradients) against autodiff of PReLU(conv + bias) written with jnp.where, in both of its
+    forms: whole sums for a small batch, row sums first for a large one."""
+    if row_sums_first:
+        monkeypatch.setattr(layers, "ONE_KERNEL_SUM_PIXELS", 0)
+    with jax.enable_x64(True):
+        keys = jax.random.split(jax.random.PRNGKey(6), 4)
+        conv = jax.random.normal(keys[0], (3, 4, 5, 6), jnp.float64)
+        bias = 0.3 * jax.random.normal(keys[1], (6,), jnp.float64)
+        slope = jnp.linspace(-0.5, 0.7, 6, dtype=jnp.float64)  # negative slopes too
+        target = jax.random.normal(keys[2], conv.shape, jnp.float64)
+
+        def plain(c, b, a):
+            x = c + b
+            return jnp.where(x >= 0, x, a * x)
+
+        def loss(function):
+            return lambda *args: jnp.sum((function(*args) - target) ** 2)
+
+        ours, our_grads = jax.value_and_grad(loss(layers.biased_prelu), (0, 1, 2))(
+            conv, bias, slope)
+        theirs, their_grads = jax.value_and_grad(loss(plain), (0, 1, 2))(conv, bias, slope)
+        assert bool(jnp.any(conv + bias < 0)) and bool(jnp.any(conv + bias > 0))
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+        for ours_leaf, their_leaf in zip(our_grads, their_grads):
+            assert ours_leaf.shape == their_leaf.shape
+            # The sums run in float32 by design (as in bf16 training): 1e-6 of the gradient.
+            np.testing.assert_allclose(ours_leaf, their_leaf,
+                                       atol=1e-6 * float(jnp.max(jnp.abs(their_leaf))))

@@ -101,12 +101,68 @@ class PReLU(nn.Module):
     init_slope: float = 0.25
 
     @nn.compact
+    def slope(self, channels: int) -> jax.Array:
+        """The (C,) float32 slopes."""
+        return self.param("slope", nn.initializers.constant(self.init_slope), (channels,),
+                          jnp.float32)
+
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
-        slope_C = self.param(
-            "slope", nn.initializers.constant(self.init_slope), (x_BxHxWxC.shape[-1],), jnp.float32
-        )
-        slope_C = slope_C.astype(x_BxHxWxC.dtype)
+        slope_C = self.slope(x_BxHxWxC.shape[-1]).astype(x_BxHxWxC.dtype)
         return jnp.where(x_BxHxWxC >= 0, x_BxHxWxC, slope_C * x_BxHxWxC)
+
+
+# Up to this many pixels per batch the two parameter sums of biased_prelu are left whole:
+# measured on the deviceless H200 compile, 1,024 (tiny config) costs one kernel more per unit
+# with the rows summed first, 82,944 (the paper's training batch) one kernel fewer. Sizes in
+# between are not measured.
+ONE_KERNEL_SUM_PIXELS = 4096
+
+
+@jax.custom_vjp
+def biased_prelu(conv_BxHxWxC: jax.Array, bias_C: jax.Array, slope_C: jax.Array) -> jax.Array:
+    """PReLU(conv + bias) for a conv output whose bias was kept apart (ConvBiasApart).
+
+    Same math as PReLU on the biased map. Its own gradient exists so that the bias and slope
+    gradients, both sums over every pixel of the batch, are ONE reduction (of the two per-pixel
+    terms side by side): XLA splits a sum over that many pixels into two kernels, and two
+    separate sums cost a second-stage kernel more (docs/design.md section 13)."""
+    mapped_BxHxWxC = conv_BxHxWxC + bias_C.astype(conv_BxHxWxC.dtype)
+    slope = slope_C.astype(mapped_BxHxWxC.dtype)
+    return jnp.where(mapped_BxHxWxC >= 0, mapped_BxHxWxC, slope * mapped_BxHxWxC)
+
+
+def _biased_prelu_forward(conv_BxHxWxC, bias_C, slope_C):
+    mapped_BxHxWxC = conv_BxHxWxC + bias_C.astype(conv_BxHxWxC.dtype)
+    slope = slope_C.astype(mapped_BxHxWxC.dtype)
+    out = jnp.where(mapped_BxHxWxC >= 0, mapped_BxHxWxC, slope * mapped_BxHxWxC)
+    # The biased map is the residual, so that the bias add stays inside the cuDNN convolution.
+    return out, (mapped_BxHxWxC, bias_C, slope_C)
+
+
+def _biased_prelu_backward(residuals, grad_BxHxWxC):
+    mapped_BxHxWxC, bias_C, slope_C = residuals
+    negative = mapped_BxHxWxC < 0
+    slope = slope_C.astype(grad_BxHxWxC.dtype)
+    grad_mapped = jnp.where(negative, slope * grad_BxHxWxC, grad_BxHxWxC)
+    grad_f32 = grad_mapped.astype(jnp.float32)
+    grad_slope_terms = jnp.where(negative, grad_BxHxWxC.astype(jnp.float32)
+                                 * mapped_BxHxWxC.astype(jnp.float32), 0.0)
+    batch, height, width, channels = grad_BxHxWxC.shape
+    if batch * height * width <= ONE_KERNEL_SUM_PIXELS:
+        # Few pixels: XLA sums both in one kernel, the one that writes the map's gradient.
+        return (grad_mapped, jnp.sum(grad_f32, axis=(0, 1, 2)).astype(bias_C.dtype),
+                jnp.sum(grad_slope_terms, axis=(0, 1, 2)).astype(slope_C.dtype))
+    # Sums along each image row first (short enough to be one kernel, sibling reductions of the
+    # same shape that XLA computes in the pass that writes the map's gradient), then ONE sum of
+    # both over every row.
+    row_sums_BxHx2C = jnp.concatenate(
+        [jnp.sum(grad_f32, axis=2), jnp.sum(grad_slope_terms, axis=2)], axis=-1)
+    sums_2C = jnp.sum(row_sums_BxHx2C, axis=(0, 1))
+    return (grad_mapped, sums_2C[:channels].astype(bias_C.dtype),
+            sums_2C[channels:].astype(slope_C.dtype))
+
+
+biased_prelu.defvjp(_biased_prelu_forward, _biased_prelu_backward)
 
 
 class PooledDense(nn.Module):
@@ -472,6 +528,10 @@ class ResCliqueBlock(nn.Module):
 
     def _unit(self, name: str, mask: jax.Array | None, *inputs: jax.Array) -> jax.Array:
         x = jnp.concatenate(inputs, axis=-1) if len(inputs) > 1 else inputs[0]
+        if mask is None:  # training and full buckets: one sum for both parameter gradients
+            conv_out, bias = ConvBiasApart(self.growth, 3, self.dtype, name=f"{name}_conv")(x)
+            slope = PReLU(name=f"{name}_act").slope(self.growth)
+            return biased_prelu(conv_out, bias, slope)
         x = apply_mask(conv(self.growth, 3, self.dtype, f"{name}_conv")(x), mask)
         return PReLU(name=f"{name}_act")(x)  # PReLU(0) = 0: the padding stays zero
 
