@@ -177,3 +177,24 @@ def test_biased_prelu_value_and_every_gradient_match_autodiff_in_float64(monkeyp
             # The sums run in float32 by design (as in bf16 training): 1e-6 of the gradient.
             np.testing.assert_allclose(ours_leaf, their_leaf,
                                        atol=1e-6 * float(jnp.max(jnp.abs(their_leaf))))
+
+
+def test_biased_relu_value_and_gradients_match_autodiff_in_float64_including_zero():
+    """layers.biased_relu (RCAB conv1's bias + ReLU, its mask recomputed from the output) against
+    autodiff of jax.nn.relu(conv + bias); exact zeros of the biased map take the zero branch."""
+    with jax.enable_x64(True):
+        conv = jax.random.normal(jax.random.PRNGKey(7), (2, 3, 4, 5), jnp.float64)
+        bias = jnp.linspace(-0.4, 0.4, 5, dtype=jnp.float64)
+        conv = conv.at[0, 0, 0].set(-bias)  # a whole pixel at exactly 0 after the bias
+        weights = jax.random.normal(jax.random.PRNGKey(8), conv.shape, jnp.float64)
+
+        def loss(function):
+            return lambda c, b: jnp.sum(function(c, b) * weights)
+
+        ours, our_grads = jax.value_and_grad(loss(layers.biased_relu), (0, 1))(conv, bias)
+        theirs, their_grads = jax.value_and_grad(
+            loss(lambda c, b: jax.nn.relu(c + b)), (0, 1))(conv, bias)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+        np.testing.assert_array_equal(our_grads[0], their_grads[0])
+        assert float(jnp.abs(our_grads[0][0, 0, 0]).max()) == 0.0
+        np.testing.assert_allclose(our_grads[1], their_grads[1], rtol=1e-6)

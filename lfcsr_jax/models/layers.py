@@ -95,6 +95,36 @@ def _relu_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[ja
     return out, jnp.where(positive, tangents[0], jnp.zeros_like(tangents[0]))
 
 
+@jax.custom_vjp
+def biased_relu(conv_BxHxWxC: jax.Array, bias_C: jax.Array) -> jax.Array:
+    """relu(conv + bias) for a conv output whose bias was kept apart (ConvBiasApart).
+
+    Same math and derivative as `relu` on the biased map (from the output, behind the barrier).
+    Its own gradient exists for what the backward keeps: `relu`'s derivative rule makes the
+    forward save the 1-byte mask of where the map is positive, for every block, beside the
+    output that the next convolution's weight gradient keeps anyway. Here the backward computes
+    the mask from that output (docs/design.md section 13)."""
+    return jnp.maximum(conv_BxHxWxC + bias_C.astype(conv_BxHxWxC.dtype), 0)
+
+
+def _biased_relu_forward(conv_BxHxWxC, bias_C):
+    out = biased_relu(conv_BxHxWxC, bias_C)
+    return out, (out, bias_C)
+
+
+def _biased_relu_backward(residuals, grad_BxHxWxC):
+    out, bias_C = residuals
+    positive = jax.lax.platform_dependent(
+        out, cuda=jax.lax.optimization_barrier, default=lambda value: value) > 0
+    grad_mapped = jnp.where(positive, grad_BxHxWxC, jnp.zeros_like(grad_BxHxWxC))
+    # The bias gradient accumulates in float32 (autodiff summed in the compute dtype).
+    grad_bias_C = jnp.sum(grad_mapped.astype(jnp.float32), axis=(0, 1, 2))
+    return grad_mapped, grad_bias_C.astype(bias_C.dtype)
+
+
+biased_relu.defvjp(_biased_relu_forward, _biased_relu_backward)
+
+
 class PReLU(nn.Module):
     """Per-channel PReLU, slopes initialised to 0.25 like torch.nn.PReLU."""
 
@@ -409,8 +439,10 @@ class RCAB(nn.Module):
     def __call__(self, x_BxHxWxC: jax.Array, mask_BxHxWx1: jax.Array | None = None
                  ) -> tuple[jax.Array, None]:
         channels = x_BxHxWxC.shape[-1]
-        y = conv(channels, 3, self.dtype, "conv1")(x_BxHxWxC)
-        y = apply_mask(relu(y), mask_BxHxWx1)
+        if mask_BxHxWx1 is None:
+            y = biased_relu(*ConvBiasApart(channels, 3, self.dtype, name="conv1")(x_BxHxWxC))
+        else:
+            y = apply_mask(relu(conv(channels, 3, self.dtype, "conv1")(x_BxHxWxC)), mask_BxHxWx1)
         conv2_BxHxWxC, bias2_C = ConvBiasApart(channels, 3, self.dtype, name="conv2")(y)
         y = ChannelAttention(self.reduction, self.dtype, name="attention")(
             conv2_BxHxWxC, mask_BxHxWx1, bias2_C)
