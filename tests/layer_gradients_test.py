@@ -21,6 +21,12 @@ def _plain_attention(conv, bias, squeeze, excite):
     return mapped * scale[:, None, None, :]
 
 
+def _attention_tail_of_matrices(conv, bias, squeeze, excite):
+    """layers.attention_tail takes the 1x1 kernels as stored, (1, 1, in, out)."""
+    return layers.attention_tail(conv, bias, (squeeze[0][None, None], squeeze[1]),
+                                 (excite[0][None, None], excite[1]))
+
+
 def _random_inputs(key, dtype, batch=3, height=5, width=7, channels=16, reduced=4):
     keys = jax.random.split(key, 6)
     conv = jax.random.normal(keys[0], (batch, height, width, channels), dtype)
@@ -40,7 +46,7 @@ def test_attention_tail_value_and_every_gradient_match_autodiff_in_float64():
         def loss(function):
             return lambda *args: jnp.sum((function(*args) - target) ** 2)
 
-        ours, our_grads = jax.value_and_grad(loss(layers.attention_tail), (0, 1, 2, 3))(
+        ours, our_grads = jax.value_and_grad(loss(_attention_tail_of_matrices), (0, 1, 2, 3))(
             conv, bias, squeeze, excite)
         plain, plain_grads = jax.value_and_grad(loss(_plain_attention), (0, 1, 2, 3))(
             conv, bias, squeeze, excite)
@@ -126,9 +132,10 @@ def test_forward_only_attention_equals_the_plain_math_banded_or_not_masked_or_no
                 tuple(jnp.asarray(w, jnp.float32) for w in excite))
             np.testing.assert_allclose(np.asarray(ours), expected, rtol=2e-5,
                                        atol=2e-5 * np.abs(expected).max())
-        tail = layers.attention_tail(*(jnp.asarray(a, jnp.float32) for a in (conv, bias)),
-                                     tuple(jnp.asarray(w, jnp.float32) for w in squeeze),
-                                     tuple(jnp.asarray(w, jnp.float32) for w in excite))
+        tail = _attention_tail_of_matrices(
+            *(jnp.asarray(a, jnp.float32) for a in (conv, bias)),
+            tuple(jnp.asarray(w, jnp.float32) for w in squeeze),
+            tuple(jnp.asarray(w, jnp.float32) for w in excite))
         pooled = mapped.mean(axis=(1, 2))
         hidden = np.maximum(pooled @ squeeze[0] + squeeze[1], 0.0)
         expected = mapped / (1.0 + np.exp(-(hidden @ excite[0] + excite[1])))[:, None, None]

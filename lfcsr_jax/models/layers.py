@@ -205,17 +205,27 @@ class PooledDense(nn.Module):
     features: int
 
     @nn.compact
-    def weights(self, in_features: int) -> tuple[jax.Array, jax.Array]:
-        """The (in, out) matrix and the (out,) bias, float32."""
+    def params(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+        """The (1, 1, in, out) kernel and the (out,) bias as stored, float32."""
         kernel = self.param(
             "kernel", TORCH_CONV_INIT, (1, 1, in_features, self.features), jnp.float32
         )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-        return kernel[0, 0], bias
+        return kernel, bias
+
+    def weights(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+        """The (in, out) matrix and the (out,) bias, float32."""
+        return _as_matrix(self.params(in_features))
 
     def __call__(self, x_BxC: jax.Array) -> jax.Array:
         matrix_CxF, bias_F = self.weights(x_BxC.shape[-1])
         return _pooled_dense(x_BxC, matrix_CxF, bias_F)
+
+
+def _as_matrix(kernel_and_bias: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """(1, 1, in, out) kernel and bias -> (in, out) matrix and bias."""
+    kernel_11xCxF, bias_F = kernel_and_bias
+    return kernel_11xCxF[0, 0], bias_F
 
 
 def _pooled_dense(x_BxC: jax.Array, matrix_CxF: jax.Array, bias_F: jax.Array) -> jax.Array:
@@ -336,16 +346,19 @@ def attention_tail(conv_BxHxWxC: jax.Array, bias_C: jax.Array,
     (sum of g and of g * conv), so the backward reads the map in ONE reduction pass instead of a
     second full-size reduction for the bias. Undifferentiated (inference) it runs the
     forward-only form; differentiated, the forward that keeps the pooled vector for the
-    backward (on training-sized maps the pool is one kernel, so that form costs nothing)."""
+    backward (on training-sized maps the pool is one kernel, so that form costs nothing).
+    `squeeze`, `excite`: (kernel, bias) as stored, kernels (1, 1, in, out): inside a block loop
+    the backward then reads the loop's own parameter slices rather than a stacked copy of the
+    (in, out) matrices (JAX keeps a residual that is a loop input without stacking it)."""
     mapped_BxHxWxC = conv_BxHxWxC + bias_C.astype(conv_BxHxWxC.dtype)
     pixels = mapped_BxHxWxC.shape[1] * mapped_BxHxWxC.shape[2]
-    return _scaled_by_attention(mapped_BxHxWxC, pixels, squeeze, excite)
+    return _scaled_by_attention(mapped_BxHxWxC, pixels, _as_matrix(squeeze), _as_matrix(excite))
 
 
 def _attention_tail_forward(conv_BxHxWxC, bias_C, squeeze, excite):
     mapped_BxHxWxC = conv_BxHxWxC + bias_C.astype(conv_BxHxWxC.dtype)
     pooled_BxC = jnp.mean(mapped_BxHxWxC.astype(jnp.float32), axis=(1, 2))
-    hidden_BxR, sigmoid_BxC = _excitation(pooled_BxC, squeeze, excite)
+    hidden_BxR, sigmoid_BxC = _excitation(pooled_BxC, _as_matrix(squeeze), _as_matrix(excite))
     scale_BxC = sigmoid_BxC.astype(conv_BxHxWxC.dtype)
     out = mapped_BxHxWxC * scale_BxC[:, None, None, :]
     # The biased map is the residual, not the bare conv output: then XLA can keep the bias add
@@ -365,13 +378,13 @@ def _attention_tail_backward(residuals, grad_BxHxWxC):
     grad_scale_BxC = jnp.sum(grad_f32 * mapped_BxHxWxC.astype(jnp.float32), axis=(1, 2))
     # Back through sigmoid, excite, ReLU and squeeze on the pooled vector.
     grad_excite_BxC = grad_scale_BxC * sigmoid_BxC * (1.0 - sigmoid_BxC)
-    excite_matrix_RxC = excite[0].astype(jnp.float32)
+    excite_matrix_RxC = excite[0][0, 0].astype(jnp.float32)
     grad_excite_matrix = jnp.sum(hidden_BxR[:, :, None] * grad_excite_BxC[:, None, :], axis=0)
     # The ReLU's derivative inside the reduction, so that no kernel of its own applies it.
     active_BxR = (hidden_BxR > 0).astype(jnp.float32)
     grad_hidden_BxR = jnp.sum(grad_excite_BxC[:, None, :] * excite_matrix_RxC
                               * active_BxR[:, :, None], axis=2)
-    squeeze_matrix_CxR = squeeze[0].astype(jnp.float32)
+    squeeze_matrix_CxR = squeeze[0][0, 0].astype(jnp.float32)
     # The squeeze's matrix and bias gradients as ONE reduction over the batch: the pooled vector
     # with a column of ones, whose row of the product is the bias gradient.
     pooled_ones_BxC1 = jnp.concatenate([pooled_BxC, jnp.ones_like(pooled_BxC[:, :1])], axis=1)
@@ -388,9 +401,9 @@ def _attention_tail_backward(residuals, grad_BxHxWxC):
     return (
         grad_conv.astype(dtype),
         grad_bias_C.astype(bias_C.dtype),
-        (grad_squeeze_matrix.astype(squeeze[0].dtype),
+        (grad_squeeze_matrix[None, None].astype(squeeze[0].dtype),
          grad_squeeze_bias_R.astype(squeeze[1].dtype)),
-        (grad_excite_matrix.astype(excite[0].dtype),
+        (grad_excite_matrix[None, None].astype(excite[0].dtype),
          jnp.sum(grad_excite_BxC, axis=0).astype(excite[1].dtype)),
     )
 
@@ -414,10 +427,11 @@ class ChannelAttention(nn.Module):
                  bias_C: jax.Array | None = None) -> jax.Array:
         """`mask` (1 = valid): the pool is the mean over valid pixels; `x` must be 0 elsewhere."""
         channels = x_BxHxWxC.shape[-1]
-        squeeze = PooledDense(channels // self.reduction, name="squeeze").weights(channels)
-        excite = PooledDense(channels, name="excite").weights(channels // self.reduction)
+        squeeze = PooledDense(channels // self.reduction, name="squeeze").params(channels)
+        excite = PooledDense(channels, name="excite").params(channels // self.reduction)
         if mask_BxHxWx1 is None and bias_C is not None:
             return attention_tail(x_BxHxWxC, bias_C, squeeze, excite)
+        squeeze, excite = _as_matrix(squeeze), _as_matrix(excite)
         if bias_C is not None:
             x_BxHxWxC = apply_mask(x_BxHxWxC + bias_C.astype(x_BxHxWxC.dtype), mask_BxHxWx1)
         if mask_BxHxWx1 is None:
