@@ -364,12 +364,16 @@ def _attention_tail_forward(conv_BxHxWxC, bias_C, squeeze, excite):
     # The biased map is the residual, not the bare conv output: then XLA can keep the bias add
     # inside the cuDNN convolution (a bare conv output kept for the backward would have to be
     # written out, and the add become a kernel of its own).
-    residuals = (mapped_BxHxWxC, bias_C, squeeze, excite, pooled_BxC, hidden_BxR, sigmoid_BxC)
-    return out, residuals
+    # The three (B, .) vectors the backward needs travel as one array: inside a block loop each
+    # residual is stacked by a kernel of its own every iteration.
+    vectors_BxV = jnp.concatenate([pooled_BxC, sigmoid_BxC, hidden_BxR], axis=1)
+    return out, (mapped_BxHxWxC, bias_C, squeeze, excite, vectors_BxV)
 
 
 def _attention_tail_backward(residuals, grad_BxHxWxC):
-    mapped_BxHxWxC, bias_C, squeeze, excite, pooled_BxC, hidden_BxR, sigmoid_BxC = residuals
+    mapped_BxHxWxC, bias_C, squeeze, excite, vectors_BxV = residuals
+    channels = mapped_BxHxWxC.shape[-1]
+    pooled_BxC, sigmoid_BxC, hidden_BxR = jnp.split(vectors_BxV, [channels, 2 * channels], axis=1)
     dtype = mapped_BxHxWxC.dtype
     pixels = mapped_BxHxWxC.shape[1] * mapped_BxHxWxC.shape[2]
     grad_f32 = grad_BxHxWxC.astype(jnp.float32)
