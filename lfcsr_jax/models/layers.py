@@ -8,6 +8,8 @@ concatenation keeps the order of the corresponding `torch.cat`.
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -480,19 +482,82 @@ class ResidualGroup(nn.Module):
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array, mask_BxHxWx1: jax.Array | None = None
                  ) -> tuple[jax.Array, jax.Array]:
-        block = nn.remat(RCAB) if self.remat else RCAB
-        blocks = nn.scan(
-            block,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=nn.broadcast,
-            length=self.n_resblocks,
-            unroll=self.unroll,
-        )(self.reduction, self.dtype, name="blocks")
-        y, _ = blocks(x_BxHxWxC, mask_BxHxWx1)
+        # Straight-line blocks (unroll = n_resblocks) stack nothing per iteration: packing
+        # would only add kernels there (pre-training +29, deviceless H200).
+        looped = self.unroll < self.n_resblocks
+        if self.is_initializing() or not looped or not self.has_variable("params", "blocks"):
+            block = nn.remat(RCAB) if self.remat else RCAB
+            blocks = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=nn.broadcast,
+                length=self.n_resblocks,
+                unroll=self.unroll,
+            )(self.reduction, self.dtype, name="blocks")
+            y, _ = blocks(x_BxHxWxC, mask_BxHxWx1)
+        else:
+            y, _ = scan_over_packed_params(
+                RCAB(self.reduction, self.dtype, parent=None), self.variables["params"]["blocks"],
+                x_BxHxWxC, mask_BxHxWx1, self.n_resblocks, self.unroll, self.remat)
         y = apply_mask(conv(x_BxHxWxC.shape[-1], 3, self.dtype, "conv")(y), mask_BxHxWx1)
         out = x_BxHxWxC + y
         return out, out
+
+
+def scan_over_packed_params(block: nn.Module, stacked: Any, carry: jax.Array,
+                            broadcast: jax.Array | None, length: int, unroll: int,
+                            remat: bool) -> tuple[jax.Array, Any]:
+    """The loop `nn.scan(block, variable_axes={"params": 0}, in_axes=nn.broadcast, ...)` runs,
+    for params that scan created (`stacked`, axis 0 = block), with the small parameters scanned
+    as ONE packed array.
+
+    In the backward, each scanned input's gradient is stacked by a kernel of its own every
+    iteration: 8 per RCAB and 24 per Res-clique block with one input per parameter, 3 and 9
+    with the biases, slopes and 1x1 kernels packed (docs/design.md section 13). The parameter
+    tree, and so checkpoints and converted weights, are unchanged; the packing happens per call.
+    `block` is an unbound module (parent=None); `broadcast` reaches every iteration unchanged."""
+    big, packed, unpack = pack_small_leaves(stacked, length)
+
+    def body(carry_in: jax.Array, params_of_block: tuple) -> tuple[jax.Array, Any]:
+        return block.apply({"params": unpack(*params_of_block)}, carry_in, broadcast)
+
+    if remat:
+        body = jax.checkpoint(body)
+    return jax.lax.scan(body, carry, (big, packed), unroll=unroll)
+
+
+# A scanned parameter with at most this many values per block travels in the packed array.
+PACKED_LEAF_SIZE = 4096
+
+
+def pack_small_leaves(stacked: Any, length: int) -> tuple[Any, jax.Array | None, Any]:
+    """Splits a tree of (length, ...) arrays into the big leaves (kept as they are, None where
+    small), the small ones concatenated as one (length, P) array, and `unpack(big_i, packed_i)`,
+    which rebuilds one block's tree from one iteration's slices. Small leaves must share a dtype
+    (the compute dtype, after generator.cast_for_compute); otherwise nothing is packed."""
+    leaves, treedef = jax.tree_util.tree_flatten(stacked)
+    small = [leaf.size // length <= PACKED_LEAF_SIZE for leaf in leaves]
+    if len({leaf.dtype for leaf, is_small in zip(leaves, small) if is_small}) != 1:
+        small = [False] * len(leaves)
+    big = [None if is_small else leaf for leaf, is_small in zip(leaves, small)]
+    shapes = [leaf.shape[1:] for leaf in leaves]
+    packed = None
+    if any(small):
+        packed = jnp.concatenate([leaf.reshape(length, -1) for leaf, is_small
+                                  in zip(leaves, small) if is_small], axis=1)
+
+    sizes = [math.prod(shape) for shape, is_small in zip(shapes, small) if is_small]
+    offsets = list(itertools.accumulate(sizes))[:-1]
+
+    def unpack(big_i: list[jax.Array | None], packed_i: jax.Array | None) -> Any:
+        # One split (its transpose, in the backward, is one concatenate).
+        pieces = iter(jnp.split(packed_i, offsets) if packed_i is not None else [])
+        rebuilt = [next(pieces).reshape(shape) if is_small else leaf_i
+                   for leaf_i, shape, is_small in zip(big_i, shapes, small)]
+        return jax.tree_util.tree_unflatten(treedef, rebuilt)
+
+    return big, packed, unpack
 
 
 class LayerAttention(nn.Module):
