@@ -155,8 +155,8 @@ def biased_prelu(conv_BxHxWxC: jax.Array, bias_C: jax.Array, slope_C: jax.Array)
     """PReLU(conv + bias) for a conv output whose bias was kept apart (ConvBiasApart).
 
     Same math as PReLU on the biased map. Its own gradient exists so that the bias and slope
-    gradients, both sums over every pixel of the batch, are ONE reduction (of the two per-pixel
-    terms side by side): XLA splits a sum over that many pixels into two kernels, and two
+    gradients, both sums over every pixel of the batch, finish in ONE reduction (of their row
+    sums side by side): XLA splits a sum over that many pixels into two kernels, and two
     separate sums cost a second-stage kernel more (docs/design.md section 13)."""
     mapped_BxHxWxC = conv_BxHxWxC + bias_C.astype(conv_BxHxWxC.dtype)
     slope = slope_C.astype(mapped_BxHxWxC.dtype)
