@@ -26,10 +26,10 @@ from lfcsr_jax.models.layers import (
     ResCliqueBlock,
     ResidualGroup,
     apply_mask,
+    block_loop,
     conv,
     mean_shift,
     pixel_shuffle,
-    scan_over_packed_params,
     upsample_mask,
 )
 
@@ -138,25 +138,9 @@ class ResClique(nn.Module):
         skip_BxhxwxS = apply_mask(conv(self.stem, 3, self.dtype, "stem")(bands_Bxhxwx12), m)
         feats_Bxhxwx4G = apply_mask(conv(4 * self.growth, 3, self.dtype, "expand")(skip_BxhxwxS), m)
 
-        # In a loop the small parameters are scanned packed (layers.scan_over_packed_params);
-        # nn.scan creates the params and runs straight-line blocks.
-        looped = self.unroll < self.n_blocks
-        if self.is_initializing() or not looped or not self.has_variable("params", "blocks"):
-            block = nn.remat(ResCliqueBlock) if self.remat else ResCliqueBlock
-            blocks = nn.scan(
-                block,
-                variable_axes={"params": 0},
-                split_rngs={"params": True},
-                in_axes=nn.broadcast,
-                length=self.n_blocks,
-                unroll=self.unroll,
-            )(self.growth, self.dtype, name="blocks")
-            _, outs_NxBxhxwx4G = blocks(feats_Bxhxwx4G, m)
-        else:
-            _, outs_NxBxhxwx4G = scan_over_packed_params(
-                ResCliqueBlock(self.growth, self.dtype, parent=None),
-                self.variables["params"]["blocks"], feats_Bxhxwx4G, m, self.n_blocks,
-                self.unroll, self.remat)
+        _, outs_NxBxhxwx4G = block_loop(self, ResCliqueBlock, (self.growth, self.dtype),
+                                        feats_Bxhxwx4G, m, self.n_blocks, self.unroll,
+                                        self.remat)
         n, b, h, w, c = outs_NxBxhxwx4G.shape
         # torch.cat(mid_feats, dim=1): block-major channels, block 0 first.
         outs_BxhxwxN4G = outs_NxBxhxwx4G.transpose(1, 2, 3, 0, 4).reshape(b, h, w, n * c)

@@ -482,27 +482,38 @@ class ResidualGroup(nn.Module):
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array, mask_BxHxWx1: jax.Array | None = None
                  ) -> tuple[jax.Array, jax.Array]:
-        # Straight-line blocks (unroll = n_resblocks) stack nothing per iteration: packing
-        # would only add kernels there (pre-training +29, deviceless H200).
-        looped = self.unroll < self.n_resblocks
-        if self.is_initializing() or not looped or not self.has_variable("params", "blocks"):
-            block = nn.remat(RCAB) if self.remat else RCAB
-            blocks = nn.scan(
-                block,
-                variable_axes={"params": 0},
-                split_rngs={"params": True},
-                in_axes=nn.broadcast,
-                length=self.n_resblocks,
-                unroll=self.unroll,
-            )(self.reduction, self.dtype, name="blocks")
-            y, _ = blocks(x_BxHxWxC, mask_BxHxWx1)
-        else:
-            y, _ = scan_over_packed_params(
-                RCAB(self.reduction, self.dtype, parent=None), self.variables["params"]["blocks"],
-                x_BxHxWxC, mask_BxHxWx1, self.n_resblocks, self.unroll, self.remat)
+        y, _ = block_loop(self, RCAB, (self.reduction, self.dtype), x_BxHxWxC, mask_BxHxWx1,
+                          self.n_resblocks, self.unroll, self.remat)
         y = apply_mask(conv(x_BxHxWxC.shape[-1], 3, self.dtype, "conv")(y), mask_BxHxWx1)
         out = x_BxHxWxC + y
         return out, out
+
+
+def block_loop(parent: nn.Module, block_type: type[nn.Module], block_args: tuple,
+               carry: jax.Array, broadcast: jax.Array | None, length: int, unroll: int,
+               remat: bool) -> tuple[jax.Array, Any]:
+    """`length` blocks of `block_type(*block_args)` in a row, params stacked along axis 0 under
+    `parent`'s "blocks": (carry, broadcast) -> (carry, stacked per-block outputs).
+
+    Call from `parent`'s compact method. `nn.scan` creates the params and runs straight-line
+    blocks (unroll = length), which stack nothing per iteration; a loop scans the small
+    parameters packed (scan_over_packed_params), which on straight-line blocks would only add
+    kernels (pre-training +29, deviceless H200)."""
+    looped = unroll < length
+    if parent.is_initializing() or not looped or not parent.has_variable("params", "blocks"):
+        block = nn.remat(block_type) if remat else block_type
+        blocks = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=nn.broadcast,
+            length=length,
+            unroll=unroll,
+        )(*block_args, name="blocks")
+        return blocks(carry, broadcast)
+    return scan_over_packed_params(block_type(*block_args, parent=None),
+                                   parent.variables["params"]["blocks"], carry, broadcast,
+                                   length, unroll, remat)
 
 
 def scan_over_packed_params(block: nn.Module, stacked: Any, carry: jax.Array,
