@@ -259,3 +259,24 @@ def test_pack_small_leaves_round_trips_and_keeps_big_leaves_apart():
         block = unpack([None if leaf is None else leaf[i] for leaf in big], packed[i])
         for name in stacked:
             np.testing.assert_array_equal(block[name], stacked[name][i])
+    # Small leaves of different dtypes are not packed: every leaf passes through unchanged.
+    mixed = {**stacked, "slope": stacked["slope"].astype(jnp.bfloat16)}
+    big, packed, unpack = layers.pack_small_leaves(mixed, 2)
+    assert packed is None and all(leaf is not None for leaf in big)
+    block = unpack([leaf[1] for leaf in big], None)
+    for name in mixed:
+        assert block[name].dtype == mixed[name].dtype
+        np.testing.assert_array_equal(block[name], mixed[name][1])
+
+
+@pytest.mark.parametrize("terms", [1, 3, 4, 5])
+def test_times_columns_is_the_matrix_product_for_any_number_of_terms(terms):
+    """layers._times_columns sums by halving (odd counts add the leftover term): x @ matrix.T,
+    against numpy in float64, in both orders."""
+    rng = np.random.default_rng(terms)
+    x, matrix = rng.normal(size=(3, terms)), rng.normal(size=(6, terms))
+    with jax.enable_x64(True):
+        for reverse in (False, True):
+            ours = layers._times_columns(  # pylint: disable=protected-access
+                jnp.asarray(x), jnp.asarray(matrix), reverse=reverse)
+            np.testing.assert_allclose(np.asarray(ours), x @ matrix.T, rtol=1e-12, atol=1e-12)

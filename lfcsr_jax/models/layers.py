@@ -158,9 +158,7 @@ def biased_prelu(conv_BxHxWxC: jax.Array, bias_C: jax.Array, slope_C: jax.Array)
     gradients, both sums over every pixel of the batch, finish in ONE reduction (of their row
     sums side by side): XLA splits a sum over that many pixels into two kernels, and two
     separate sums cost a second-stage kernel more (docs/design.md section 13)."""
-    mapped_BxHxWxC = conv_BxHxWxC + bias_C.astype(conv_BxHxWxC.dtype)
-    slope = slope_C.astype(mapped_BxHxWxC.dtype)
-    return jnp.where(mapped_BxHxWxC >= 0, mapped_BxHxWxC, slope * mapped_BxHxWxC)
+    return _biased_prelu_forward(conv_BxHxWxC, bias_C, slope_C)[0]
 
 
 def _biased_prelu_forward(conv_BxHxWxC, bias_C, slope_C):
